@@ -1,0 +1,1 @@
+"""Plain data shared by every layer: events, requests, usage, errors, ids. Stdlib only."""

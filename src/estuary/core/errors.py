@@ -1,0 +1,168 @@
+"""Errors that carry their own HTTP policy.
+
+Every error Estuary raises on purpose is an `EstuaryError`; the HTTP layer turns it into OpenAI's
+error shape `{"error": {"message", "type", "code"}}` with `status_code`. `retryable` tells a client
+whether the same request may succeed later; `fallback` tells routing whether another target may be
+tried. Messages never contain secrets: upstream text is redacted before it is put into one.
+
+    EstuaryError                      500 internal_error
+    ├── InvalidRequest                400 invalid_request
+    │   ├── RequestTooLarge           413 request_too_large
+    │   └── UnsupportedMediaType      415 unsupported_media_type
+    ├── AuthenticationFailed          401 invalid_api_key
+    ├── PermissionDenied              403 model_not_allowed
+    ├── NotFound                      404 not_found
+    │   └── ModelNotFound             404 model_not_found
+    ├── MethodNotAllowed              405 method_not_allowed
+    ├── StreamFinished                409 stream_finished
+    ├── RateLimited                   429 rate_limited (+ Retry-After)
+    ├── ServiceUnavailable            503 unavailable
+    └── UpstreamError                 502 upstream_error            fallback
+        ├── UpstreamTimeout           504 upstream_timeout          fallback (also a TimeoutError)
+        ├── UpstreamRateLimited       429 upstream_rate_limited     fallback (+ Retry-After)
+        ├── UpstreamAuthFailed        502 upstream_auth_failed      fallback
+        ├── UpstreamRejected          400 upstream_rejected         no fallback: the request itself
+        └── UpstreamProtocolError     502 upstream_protocol_error   fallback
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "EstuaryError",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestTooLarge",
+    "ServiceUnavailable",
+    "StreamFinished",
+    "UnsupportedMediaType",
+    "UpstreamAuthFailed",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+]
+
+
+class EstuaryError(Exception):
+    """Base of every deliberate error; subclasses set the policy as class attributes."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    type: ClassVar[str] = "server_error"
+    retryable: ClassVar[bool] = False
+    fallback: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds a client should wait before retrying, when known."""
+        return None
+
+
+class InvalidRequest(EstuaryError):
+    status_code, code, type = 400, "invalid_request", "invalid_request_error"
+
+
+class RequestTooLarge(InvalidRequest):
+    status_code, code = 413, "request_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status_code, code = 415, "unsupported_media_type"
+
+
+class AuthenticationFailed(EstuaryError):
+    status_code, code, type = 401, "invalid_api_key", "authentication_error"
+
+
+class PermissionDenied(EstuaryError):
+    status_code, code, type = 403, "model_not_allowed", "permission_error"
+
+
+class NotFound(EstuaryError):
+    status_code, code, type = 404, "not_found", "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(EstuaryError):
+    status_code, code, type = 405, "method_not_allowed", "invalid_request_error"
+
+
+class StreamFinished(EstuaryError):
+    status_code, code, type = 409, "stream_finished", "invalid_request_error"
+
+
+class _WithRetryAfter(EstuaryError):
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self._retry_after_s = retry_after_s
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self._retry_after_s
+
+
+class RateLimited(_WithRetryAfter):
+    status_code, code, type, retryable = 429, "rate_limited", "rate_limit_error", True
+
+
+class ServiceUnavailable(EstuaryError):
+    status_code, code, retryable = 503, "unavailable", True
+
+
+class UpstreamError(EstuaryError):
+    """A provider failed; routing may try the next target while nothing reached the client."""
+
+    status_code, code, type, retryable, fallback = 502, "upstream_error", "upstream_error", True, True
+
+    def __init__(self, provider: str, detail: str) -> None:
+        super().__init__(f"{provider}: {detail}")
+        self.provider = provider
+        self.detail = detail
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    status_code, code = 504, "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status_code, code, type = 429, "upstream_rate_limited", "rate_limit_error"
+
+    def __init__(self, provider: str, detail: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(provider, detail)
+        self._retry_after_s = retry_after_s
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self._retry_after_s
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream refused Estuary's own credentials; the client's key was fine."""
+
+    code, retryable = "upstream_auth_failed", False
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream found the request itself invalid (too long, bad parameter): no fallback."""
+
+    status_code, code, type = 400, "upstream_rejected", "invalid_request_error"
+    retryable, fallback = False, False
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
