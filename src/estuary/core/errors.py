@@ -127,7 +127,13 @@ class ServiceUnavailable(EstuaryError):
 class UpstreamError(EstuaryError):
     """A provider failed; routing may try the next target while nothing reached the client."""
 
-    status_code, code, type, retryable, fallback = 502, "upstream_error", "upstream_error", True, True
+    status_code, code, type, retryable, fallback = (
+        502,
+        "upstream_error",
+        "upstream_error",
+        True,
+        True,
+    )
 
     def __init__(self, provider: str, detail: str) -> None:
         super().__init__(f"{provider}: {detail}")

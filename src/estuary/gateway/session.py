@@ -1,0 +1,192 @@
+"""A request's life, independent of the transport that carries it.
+
+`Gateway.admit()` resolves the alias, applies the route's caps, opens the ledger row and registers
+the stream's cancel signal — in that order, so no stream ever runs without a row. The transport then
+iterates `StreamSession.events()` and calls `settle()` exactly once with how the stream ended; the
+session works out the token counts (reported, or estimated and marked so) and closes the row.
+
+Must not import the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from estuary.auth.keys import Principal
+from estuary.core.errors import EstuaryError, NotFound, StreamFinished, UpstreamError
+from estuary.core.events import StreamEvent, StreamStart, TextDelta, Usage
+from estuary.core.ids import new_request_id
+from estuary.core.requests import UpstreamRequest, prompt_text
+from estuary.core.usage import TokenCount, estimate_tokens
+from estuary.ledger.base import LedgerStore, OpenedRow, SettledRow
+from estuary.routing.fallback import stream_with_fallback
+from estuary.routing.routes import Route, Router
+from estuary.state.base import StateStore
+
+__all__ = ["Gateway", "Outcome", "StreamSession"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How a stream ended, as the transport saw it."""
+
+    status: Literal["completed", "canceled", "error"]
+    finish_reason: str | None = None
+    error: EstuaryError | None = None
+
+
+class Gateway:
+    """Admits requests and cancels running streams; owns no transport."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        ledger: LedgerStore,
+        state: StateStore,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.router = router
+        self._ledger = ledger
+        self._state = state
+        self._clock = clock
+
+    async def admit(
+        self, principal: Principal, request: UpstreamRequest, *, api: Literal["openai", "app"]
+    ) -> StreamSession:
+        """Resolve, open the ledger row, register for cancel; the stream has not started yet."""
+        route = self.router.resolve(request.model)
+        if route.max_tokens is not None and (
+            request.max_tokens is None or request.max_tokens > route.max_tokens
+        ):
+            request = dataclasses.replace(request, max_tokens=route.max_tokens)
+        request_id = new_request_id()
+        started = self._clock()
+        await self._ledger.open(
+            OpenedRow(
+                request_id=request_id,
+                started_at=datetime.now(UTC),
+                key_id=principal.key_id,
+                end_user=principal.end_user,
+                alias=route.alias,
+                api=api,
+            )
+        )
+        canceled = await self._state.register_stream(request_id, principal.key_id)
+        return StreamSession(
+            request_id=request_id,
+            route=route,
+            request=request,
+            canceled=canceled,
+            started=started,
+            clock=self._clock,
+            finish=self._finish,
+        )
+
+    async def cancel(self, principal: Principal, request_id: str) -> None:
+        """Stop a running stream started with the same key; raises `NotFound`/`StreamFinished`."""
+        result = await self._state.cancel_stream(request_id, principal.key_id)
+        if result == "not_found":
+            raise NotFound(f"no stream '{request_id}' for this key")
+        if result == "finished":
+            raise StreamFinished(f"stream '{request_id}' has already finished")
+
+    async def _finish(self, row: SettledRow) -> None:
+        await self._state.finish_stream(row.request_id)
+        await self._ledger.settle(row)
+
+
+class StreamSession:
+    """One admitted request: its events, its bookkeeping, and its single settlement."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        route: Route,
+        request: UpstreamRequest,
+        canceled: asyncio.Event,
+        started: float,
+        clock: Callable[[], float],
+        finish: Callable[[SettledRow], Awaitable[None]],
+    ) -> None:
+        self.request_id = request_id
+        self.route = route
+        self.request = request
+        self.canceled = canceled
+        self.provider: str | None = None
+        self.upstream_model: str | None = None
+        self.usage: Usage | None = None
+        self.failures: list[UpstreamError] = []
+        self._started = started
+        self._clock = clock
+        self._finish = finish
+        self._first_token_at: float | None = None
+        self._text: list[str] = []
+        self._settled = False
+
+    async def events(self) -> AsyncGenerator[StreamEvent, None]:
+        """The upstream's events through fallback, noting provider, first token, text and usage."""
+        text = self._text
+        async with aclosing(
+            stream_with_fallback(self.route, self.request, self.failures)
+        ) as events:
+            async for event in events:
+                if type(event) is TextDelta:
+                    text.append(event.text)
+                    if self._first_token_at is None:
+                        self._first_token_at = self._clock()
+                elif isinstance(event, StreamStart):
+                    self.provider, self.upstream_model = event.provider, event.model
+                elif isinstance(event, Usage):
+                    self.usage = event
+                elif self._first_token_at is None and event.kind in ("reasoning", "tool_call"):
+                    self._first_token_at = self._clock()
+                yield event
+
+    def token_count(self, *, complete: bool) -> TokenCount:
+        """Reported usage if the upstream gave it, else an estimate (`partial` if cut short)."""
+        if self.usage is not None:
+            return TokenCount(
+                prompt_tokens=self.usage.prompt_tokens,
+                completion_tokens=self.usage.completion_tokens,
+                source="reported",
+            )
+        return TokenCount(
+            prompt_tokens=estimate_tokens(prompt_text(self.request)),
+            completion_tokens=estimate_tokens("".join(self._text)),
+            source="estimated" if complete else "partial",
+        )
+
+    async def settle(self, outcome: Outcome) -> TokenCount:
+        """Close the ledger row; only the first call counts."""
+        tokens = self.token_count(complete=outcome.status == "completed")
+        if self._settled:
+            return tokens
+        self._settled = True
+        now = self._clock()
+        ttft = self._first_token_at
+        await self._finish(
+            SettledRow(
+                request_id=self.request_id,
+                status=outcome.status,
+                finish_reason=outcome.finish_reason,
+                provider=self.provider,
+                upstream_model=self.upstream_model,
+                prompt_tokens=tokens.prompt_tokens,
+                completion_tokens=tokens.completion_tokens,
+                token_source=tokens.source,
+                error_code=outcome.error.code if outcome.error is not None else None,
+                ttft_ms=None if ttft is None else (ttft - self._started) * 1000,
+                duration_ms=(now - self._started) * 1000,
+                attempts=len(self.failures) + (self.provider is not None),
+            )
+        )
+        return tokens

@@ -1,0 +1,93 @@
+"""The ASGI application factory. Importing this module does nothing; `create_app()` builds the app
+from explicit services."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
+from estuary.http.encoders import error_body
+from estuary.http.routes import Handlers, Services
+
+__all__ = ["Services", "create_app"]
+
+_log: Final = logging.getLogger("estuary.http")
+
+
+def create_app(services: Services) -> Starlette:
+    """Build the ASGI app; no state lives anywhere but in `services`."""
+    handlers = Handlers(services)
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
+        Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/models", handlers.models, methods=["GET"]),
+        Route("/api/chat/stream", handlers.app_stream_post, methods=["POST"]),
+        Route("/api/chat/stream", handlers.app_stream_get, methods=["GET"]),
+        Route("/api/chat/{request_id}/cancel", handlers.cancel, methods=["POST"]),
+        Route("/api/tickets", handlers.create_ticket, methods=["POST"]),
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/readyz", _healthz, methods=["GET"]),
+    ]
+    middleware = []
+    if services.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(services.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "last-event-id"],
+                expose_headers=["x-request-id", "retry-after"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            EstuaryError: _estuary_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _json_error(error: EstuaryError) -> Response:
+    headers = {}
+    if (retry_after := error.retry_after_s) is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return JSONResponse(error_body(error), status_code=error.status_code, headers=headers)
+
+
+async def _estuary_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EstuaryError)
+    return _json_error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _json_error(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
+    if exc.status_code == 404:
+        return _json_error(NotFound(f"no such endpoint: {request.url.path}"))
+    error = EstuaryError(str(exc.detail))
+    return JSONResponse(error_body(error), status_code=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json_error(EstuaryError("internal error"))

@@ -1,0 +1,225 @@
+"""Core events → bytes on the wire, one encoder per output format.
+
+- `AppSSEEncoder`: the app API's normalised events (`id: <requestId>:<seq>`, one JSON `data:`);
+- `TextEncoder`: answer text only, for `fetch` + `reader.read()` front-ends;
+- `OpenAIChatEncoder` / `OpenAICompletionEncoder`: OpenAI's `chat.completion.chunk` and
+  `text_completion` streams, ending with `[DONE]` — or, after a failure, with an error object and
+  no `[DONE]`, so SDKs raise instead of returning a truncated answer as if it were whole.
+
+Each encoder produces at most one terminal message (`done()` or `error()`). Encoders hold per-stream
+state (sequence numbers, whether the start was sent) and are built per request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, Protocol
+
+import orjson
+
+from estuary.core.errors import EstuaryError
+from estuary.core.events import ReasoningDelta, StreamEvent, StreamStart, TextDelta, ToolCall
+from estuary.core.usage import TokenCount
+from estuary.sse import encode_comment
+
+__all__ = [
+    "AppSSEEncoder",
+    "Encoder",
+    "OpenAIChatEncoder",
+    "OpenAICompletionEncoder",
+    "TextEncoder",
+    "error_body",
+]
+
+SSE_MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
+TEXT_MEDIA_TYPE: Final = "text/plain; charset=utf-8"
+_PING: Final = encode_comment("ping")
+
+
+def error_body(error: EstuaryError) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    return {"error": {"message": error.message, "type": error.type, "code": error.code}}
+
+
+class Encoder(Protocol):
+    """Turns one stream's events into bytes for one wire format."""
+
+    media_type: str
+    heartbeat: bytes | None  # written while the upstream is silent; None: the format has none
+
+    def event(self, event: StreamEvent) -> bytes: ...
+
+    def done(self, finish_reason: str, tokens: TokenCount) -> bytes: ...
+
+    def error(self, error: EstuaryError) -> bytes: ...
+
+
+class AppSSEEncoder:
+    """The app API's event stream (see DESIGN "App-API events")."""
+
+    media_type = SSE_MEDIA_TYPE
+    heartbeat: bytes | None = _PING
+
+    def __init__(self, request_id: str, alias: str) -> None:
+        self._prefix = f"id: {request_id}:".encode()
+        self._request_id = request_id
+        self._alias = alias
+        self._seq = 0
+        self._started = False
+
+    def event(self, event: StreamEvent) -> bytes:
+        match event:
+            case TextDelta(text=text):
+                return self._message({"type": "content", "content": text})
+            case ReasoningDelta(text=text):
+                return self._message({"type": "reasoning", "content": text})
+            case ToolCall():
+                tool = {"name": event.name, "arguments": event.arguments}
+                payload = {"type": "tool_call", "index": event.index, "id": event.id, "tool": tool}
+                return self._message(payload)
+            case StreamStart(provider=provider):
+                return self._start(provider)
+            case _:
+                return b""  # usage and the end are folded into `done`
+
+    def done(self, finish_reason: str, tokens: TokenCount) -> bytes:
+        usage = {
+            "promptTokens": tokens.prompt_tokens,
+            "completionTokens": tokens.completion_tokens,
+            "estimated": tokens.estimated,
+        }
+        body = {"type": "done", "finishReason": finish_reason, "usage": usage}
+        return self._start(None) + self._message(body)
+
+    def error(self, error: EstuaryError) -> bytes:
+        detail = {"code": error.code, "message": error.message, "retryable": error.retryable}
+        return self._start(None) + self._message({"type": "error", "error": detail})
+
+    def _start(self, provider: str | None) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        body = {
+            "type": "start",
+            "requestId": self._request_id,
+            "model": self._alias,
+            "provider": provider,
+        }
+        return self._message(body)
+
+    def _message(self, body: dict[str, Any]) -> bytes:
+        self._seq += 1
+        return b"%s%d\ndata: %s\n\n" % (self._prefix, self._seq, orjson.dumps(body))
+
+
+class TextEncoder:
+    """Answer text only; a failure after the first token becomes a last `[error] …` line."""
+
+    media_type = TEXT_MEDIA_TYPE
+    heartbeat: bytes | None = None  # plain text has no room for a keep-alive
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+
+    def event(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta and event.text:
+            self._at_line_start = event.text.endswith("\n")
+            return event.text.encode()
+        return b""
+
+    def done(self, finish_reason: str, tokens: TokenCount) -> bytes:
+        return b""
+
+    def error(self, error: EstuaryError) -> bytes:
+        lead = "" if self._at_line_start else "\n"
+        return f"{lead}[error] {error.code}: {error.message}\n".encode()
+
+
+class _OpenAIStream:
+    """What OpenAI's chat and legacy completion streams share."""
+
+    media_type = SSE_MEDIA_TYPE
+    heartbeat: bytes | None = _PING
+    _object: str
+
+    def __init__(self, request_id: str, alias: str, *, include_usage: bool, id_prefix: str) -> None:
+        self._head = {"id": id_prefix + request_id, "object": self._object, "created": 0}
+        self._head["created"] = int(time.time())
+        self._head["model"] = alias
+        self._include_usage = include_usage
+
+    def _chunk(self, choice: dict[str, Any]) -> bytes:
+        return b"data: %s\n\n" % orjson.dumps({**self._head, "choices": [choice]})
+
+    def done(self, finish_reason: str, tokens: TokenCount) -> bytes:
+        out = self._finish_chunk(finish_reason)
+        if self._include_usage:
+            usage = {
+                "prompt_tokens": tokens.prompt_tokens,
+                "completion_tokens": tokens.completion_tokens,
+                "total_tokens": tokens.prompt_tokens + tokens.completion_tokens,
+            }
+            out += b"data: %s\n\n" % orjson.dumps({**self._head, "choices": [], "usage": usage})
+        return out + b"data: [DONE]\n\n"
+
+    def error(self, error: EstuaryError) -> bytes:
+        return b"data: %s\n\n" % orjson.dumps(error_body(error))
+
+    def _finish_chunk(self, finish_reason: str) -> bytes:
+        raise NotImplementedError
+
+
+class OpenAIChatEncoder(_OpenAIStream):
+    """`chat.completion.chunk` messages, as OpenAI streams them."""
+
+    _object = "chat.completion.chunk"
+
+    def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
+        super().__init__(request_id, alias, include_usage=include_usage, id_prefix="chatcmpl-")
+
+    def event(self, event: StreamEvent) -> bytes:
+        match event:
+            case TextDelta(text=text):
+                return self._delta({"content": text})
+            case ReasoningDelta(text=text):
+                return self._delta({"reasoning_content": text})
+            case ToolCall():
+                function = {"name": event.name, "arguments": event.arguments}
+                call = {
+                    "index": event.index,
+                    "id": event.id,
+                    "type": "function",
+                    "function": function,
+                }
+                return self._delta({"tool_calls": [call]})
+            case StreamStart():
+                return self._delta({"role": "assistant", "content": ""})
+            case _:
+                return b""
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return self._chunk({"index": 0, "delta": delta, "finish_reason": None})
+
+    def _finish_chunk(self, finish_reason: str) -> bytes:
+        return self._chunk({"index": 0, "delta": {}, "finish_reason": finish_reason})
+
+
+class OpenAICompletionEncoder(_OpenAIStream):
+    """Legacy `text_completion` messages."""
+
+    _object = "text_completion"
+
+    def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
+        super().__init__(request_id, alias, include_usage=include_usage, id_prefix="cmpl-")
+
+    def event(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta:
+            return self._chunk(
+                {"index": 0, "text": event.text, "finish_reason": None, "logprobs": None}
+            )
+        return b""
+
+    def _finish_chunk(self, finish_reason: str) -> bytes:
+        return self._chunk(
+            {"index": 0, "text": "", "finish_reason": finish_reason, "logprobs": None}
+        )

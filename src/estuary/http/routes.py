@@ -1,0 +1,158 @@
+"""Route handlers for the OpenAI API, the app API, tickets and health.
+
+Each handler reads and validates its input, authenticates, admits the request through the gateway
+(which opens the ledger row) and returns a streaming or collected response. Nothing here knows a
+wire format of any upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
+
+from estuary.auth.keys import Authenticator, Principal
+from estuary.auth.tickets import TicketIssuer
+from estuary.core.errors import InvalidRequest
+from estuary.core.requests import (
+    ChatRequest,
+    UpstreamRequest,
+    parse_app_chat,
+    parse_openai_chat,
+    parse_openai_completion,
+)
+from estuary.gateway.session import Gateway
+from estuary.http.collect import CollectedResponse
+from estuary.http.encoders import (
+    AppSSEEncoder,
+    Encoder,
+    OpenAIChatEncoder,
+    OpenAICompletionEncoder,
+    TextEncoder,
+)
+from estuary.http.inputs import authenticate, read_json, refuse_url_credentials
+from estuary.http.streaming import StreamResponse, StreamSettings
+
+__all__ = ["Handlers", "Services"]
+
+_GET_PARAMS = ("message", "model", "system", "max_tokens", "temperature")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    """Everything the routes need, built once by the server and passed in."""
+
+    gateway: Gateway
+    authenticator: Authenticator
+    tickets: TicketIssuer
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    max_body_bytes: int = 4 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+
+
+class Handlers:
+    """The endpoints, bound to one `Services`."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def chat_completions(self, request: Request) -> ASGIApp:
+        principal = authenticate(request, self._s.authenticator)
+        chat = parse_openai_chat(await read_json(request, self._s.max_body_bytes))
+        return await self._respond(principal, chat, "openai")
+
+    async def completions(self, request: Request) -> ASGIApp:
+        principal = authenticate(request, self._s.authenticator)
+        completion = parse_openai_completion(await read_json(request, self._s.max_body_bytes))
+        return await self._respond(principal, completion, "openai")
+
+    async def models(self, request: Request) -> Response:
+        authenticate(request, self._s.authenticator)
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "estuary"}
+            for alias in self._s.gateway.router.aliases
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def app_stream_post(self, request: Request) -> ASGIApp:
+        principal = authenticate(request, self._s.authenticator)
+        chat = parse_app_chat(await read_json(request, self._s.max_body_bytes))
+        return await self._respond(principal, chat, "app", text=_wants_text(request))
+
+    async def app_stream_get(self, request: Request) -> ASGIApp:
+        ticket = request.query_params.get("ticket")
+        if ticket is not None:
+            refuse_url_credentials(request)
+            principal = await self._s.tickets.redeem(ticket)
+        else:
+            principal = authenticate(request, self._s.authenticator)
+        chat = parse_app_chat(_query_body(request))
+        return await self._respond(principal, chat, "app", text=_wants_text(request))
+
+    async def cancel(self, request: Request) -> Response:
+        principal = authenticate(request, self._s.authenticator)
+        await self._s.gateway.cancel(principal, request.path_params["request_id"])
+        return JSONResponse({"canceled": True})
+
+    async def create_ticket(self, request: Request) -> Response:
+        principal = authenticate(request, self._s.authenticator)
+        ticket, expires_at = await self._s.tickets.issue(principal)
+        return JSONResponse({"ticket": ticket, "expiresAt": expires_at})
+
+    async def _respond(
+        self,
+        principal: Principal,
+        request: UpstreamRequest,
+        api: Literal["openai", "app"],
+        *,
+        text: bool = False,
+    ) -> ASGIApp:
+        session = await self._s.gateway.admit(principal, request, api=api)
+        if api == "openai" and not request.stream:
+            return CollectedResponse(session)
+        encoder: Encoder
+        alias = session.route.alias
+        if text:
+            encoder = TextEncoder()
+        elif api == "app":
+            encoder = AppSSEEncoder(session.request_id, alias)
+        elif isinstance(request, ChatRequest):
+            encoder = OpenAIChatEncoder(
+                session.request_id, alias, include_usage=request.include_usage
+            )
+        else:
+            encoder = OpenAICompletionEncoder(
+                session.request_id, alias, include_usage=request.include_usage
+            )
+        return StreamResponse(session, encoder, self._s.stream)
+
+
+def _wants_text(request: Request) -> bool:
+    fmt = request.query_params.get("format")
+    if fmt is not None:
+        if fmt not in ("text", "sse"):
+            raise InvalidRequest("'format' must be 'text' or 'sse'")
+        return fmt == "text"
+    accept = request.headers.get("accept", "")
+    return "text/plain" in accept and "text/event-stream" not in accept
+
+
+def _query_body(request: Request) -> dict[str, object]:
+    """The GET form of an app-API request, as the JSON body it stands for."""
+    query = request.query_params
+    body: dict[str, object] = {k: query[k] for k in ("message", "model", "system") if k in query}
+    for name, convert in (("max_tokens", int), ("temperature", float)):
+        if name in query:
+            try:
+                body[name] = convert(query[name])
+            except ValueError:
+                raise InvalidRequest(f"'{name}' must be a number") from None
+    unknown = set(query) - {*_GET_PARAMS, "ticket", "format"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    if "message" not in body:
+        raise InvalidRequest("'message' is required; multi-turn conversations use POST")
+    return body

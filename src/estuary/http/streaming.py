@@ -1,0 +1,194 @@
+"""The streaming response: one admitted session relayed to one client, whatever the format.
+
+Per stream, four activities run in one task group (diagram in docs/architecture.md):
+
+- the **pump** (the request's own task) pulls events from the session — upstream, fallback and
+  accounting — encodes each and writes it at once;
+- the **disconnect watcher** waits for `http.disconnect` and cancels the pump;
+- the **cancel watcher** waits for the session's cancel signal and cancels the pump;
+- the **ticker** commits the response headers if nothing arrived within the header hold, then
+  writes a heartbeat comment whenever the stream has been silent for `heartbeat_s`.
+
+Response headers are held until the first upstream event, so a failure before it — after every
+fallback — is a real HTTP error. Cancelling the pump closes the event generators under `aclosing`,
+which closes the upstream connection. After the pump, exactly one terminal message is written
+(none to a client that left), the body is ended, and the ledger row is settled, shielded from
+cancellation so that no row is left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import anyio
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from estuary.core.errors import EstuaryError
+from estuary.core.events import StreamEnd, StreamStart
+from estuary.gateway.session import Outcome, StreamSession
+from estuary.http.encoders import Encoder, error_body
+
+__all__ = ["StreamResponse", "StreamSettings", "error_messages", "streaming_headers"]
+
+_log: Final = logging.getLogger("estuary.stream")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    """Timing of a streamed response, from `[server]`."""
+
+    heartbeat_s: float = 15.0
+    header_hold_s: float = 10.0
+
+
+def streaming_headers(media_type: str, request_id: str) -> list[tuple[bytes, bytes]]:
+    """Headers every streamed response carries: no caching, no proxy buffering, no compression."""
+    return [
+        (b"content-type", media_type.encode()),
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"x-accel-buffering", b"no"),
+        (b"x-request-id", request_id.encode()),
+    ]
+
+
+def error_messages(
+    error: EstuaryError, request_id: str | None = None
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The two ASGI messages of a JSON error response in OpenAI's shape."""
+    body = orjson.dumps(error_body(error))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
+    if (retry_after := error.retry_after_s) is not None:
+        headers.append((b"retry-after", b"%d" % max(1, round(retry_after))))
+    start = {"type": "http.response.start", "status": error.status_code, "headers": headers}
+    return start, {"type": "http.response.body", "body": body, "more_body": False}
+
+
+class StreamResponse:
+    """An ASGI response relaying `session` through `encoder` (see the module docstring)."""
+
+    def __init__(self, session: StreamSession, encoder: Encoder, settings: StreamSettings) -> None:
+        self._session = session
+        self._encoder = encoder
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._pump_scope = anyio.CancelScope()
+        self._send: Send | None = None
+        self._committed = False
+        self._last_write = 0.0
+        self._stopped_by: Literal["client", "cancel"] | None = None
+        self._failure: EstuaryError | None = None
+        self._finish_reason = "stop"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        self._last_write = anyio.current_time()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._watch_disconnect, receive)
+                tasks.start_soon(self._watch_cancel)
+                tasks.start_soon(self._tick)
+                with self._pump_scope:
+                    await self._pump()
+                tasks.cancel_scope.cancel()
+            await self._end()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._session.settle(self._outcome())
+
+    async def _pump(self) -> None:
+        encode = self._encoder.event
+        try:
+            async with aclosing(self._session.events()) as events:
+                async for event in events:
+                    if type(event) is StreamEnd:
+                        self._finish_reason = event.reason
+                    elif data := encode(event):
+                        await self._write(data)
+                    elif type(event) is StreamStart:
+                        await self._write(b"")  # the upstream answered: commit the headers
+        except EstuaryError as exc:
+            self._failure = exc
+        except Exception:
+            _log.exception("stream %s failed", self._session.request_id)
+            self._failure = EstuaryError("internal error while streaming")
+
+    async def _write(self, data: bytes) -> None:
+        async with self._lock:
+            send = self._send
+            assert send is not None
+            if not self._committed:
+                await self._commit()
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            self._last_write = anyio.current_time()
+
+    async def _commit(self) -> None:
+        assert self._send is not None
+        self._committed = True
+        headers = streaming_headers(self._encoder.media_type, self._session.request_id)
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _end(self) -> None:
+        """Write the one terminal message (unless the client left) and end the body."""
+        send = self._send
+        assert send is not None
+        if self._stopped_by == "client":
+            return
+        if self._failure is not None and not self._committed:
+            start, body = error_messages(self._failure, self._session.request_id)
+            await send(start)
+            await send(body)
+            return
+        if self._failure is not None:
+            await self._write(self._encoder.error(self._failure))
+        else:
+            reason = "canceled" if self._stopped_by == "cancel" else self._finish_reason
+            tokens = self._session.token_count(complete=self._stopped_by is None)
+            await self._write(self._encoder.done(reason, tokens))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _outcome(self) -> Outcome:
+        if self._stopped_by == "client":
+            return Outcome(status="canceled", finish_reason="client_disconnected")
+        if self._stopped_by == "cancel":
+            return Outcome(status="canceled", finish_reason="canceled")
+        if self._failure is not None:
+            return Outcome(status="error", finish_reason="error", error=self._failure)
+        return Outcome(status="completed", finish_reason=self._finish_reason)
+
+    def _stop(self, by: Literal["client", "cancel"]) -> None:
+        if self._stopped_by is None and self._failure is None:
+            self._stopped_by = by
+        self._pump_scope.cancel()
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._stop("client")
+
+    async def _watch_cancel(self) -> None:
+        await self._session.canceled.wait()
+        self._stop("cancel")
+
+    async def _tick(self) -> None:
+        """Commit the headers after the hold, then keep a silent stream alive with heartbeats."""
+        await anyio.sleep(self._settings.header_hold_s)
+        heartbeat = self._encoder.heartbeat
+        if not self._committed:
+            await self._write(heartbeat or b"")
+        if heartbeat is None:
+            return
+        interval = self._settings.heartbeat_s
+        while True:
+            idle = anyio.current_time() - self._last_write
+            if idle >= interval:
+                await self._write(heartbeat)
+                idle = 0.0
+            await anyio.sleep(interval - idle)

@@ -1,0 +1,124 @@
+"""The OpenAI-compatible provider: one adapter for OpenAI, Kimi, Qwen, DeepSeek, GLM, Ollama, vLLM….
+
+The thin async part of the adapter: it sends the body built by `openai_wire`, maps a failed answer
+to an `UpstreamError`, feeds the body to `OpenAIStreamParser` and enforces the timeouts. Leaving the
+`async with` early (the consumer closed the iterator) closes the upstream connection, which is how a
+cancel reaches the upstream. Must not import the HTTP layer, routing or storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
+from typing import Final, Literal
+
+import aiohttp
+
+from estuary.core.errors import UpstreamError, UpstreamTimeout
+from estuary.core.events import StreamEvent, StreamStart
+from estuary.core.redaction import Redactor
+from estuary.core.requests import ChatRequest, UpstreamRequest
+from estuary.providers.base import Timeouts
+from estuary.providers.http_errors import error_for_status
+from estuary.providers.openai_wire import OpenAIStreamParser, chat_body, completion_body
+from estuary.providers.pool import HttpPool
+
+__all__ = ["OpenAIProvider"]
+
+_MAX_ERROR_BODY: Final = 16 * 1024
+_READ_SIZE: Final = 64 * 1024
+
+
+class OpenAIProvider:
+    """Streams from an OpenAI-compatible `/chat/completions` and `/completions`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        pool: HttpPool,
+        headers: Mapping[str, str] | None = None,
+        redact: Redactor | None = None,
+    ) -> None:
+        self._name = name
+        self._base_url = base_url.rstrip("/")
+        self._pool = pool
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._redact = (redact or Redactor()).extended([api_key] if api_key else [])
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def aclose(self) -> None:
+        """Nothing to release: the pool belongs to whoever built the providers."""
+
+    async def stream(
+        self, request: UpstreamRequest, model: str, timeouts: Timeouts
+    ) -> AsyncGenerator[StreamEvent, None]:
+        kind: Literal["chat", "completion"]
+        if isinstance(request, ChatRequest):
+            kind, path, body = "chat", "/chat/completions", chat_body(request, model)
+        else:
+            kind, path, body = "completion", "/completions", completion_body(request, model)
+        parser = OpenAIStreamParser(self._name, kind=kind, redact=self._redact)
+        response: aiohttp.ClientResponse | None = None
+        phase = "no answer within the first-token timeout"
+        try:
+            async with asyncio.timeout(timeouts.first_token_s):
+                response = await self._post(path, body, timeouts.connect_s)
+                first = await self._first_events(response, parser)
+            phase = f"no data for {timeouts.idle_s:g} s"
+            yield StreamStart(provider=self._name, model=model)
+            for event in first:
+                yield event
+            async for event in self._rest(response, parser, timeouts.idle_s):
+                yield event
+            response.release()  # finished: the connection may go back to the pool
+        except UpstreamError:
+            raise
+        except aiohttp.ServerTimeoutError:
+            raise UpstreamTimeout(self._name, "connect timeout") from None
+        except TimeoutError:
+            raise UpstreamTimeout(self._name, phase) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = self._redact(f"{type(exc).__name__}: {exc}")[:300]
+            raise UpstreamError(self._name, f"connection failed ({detail})") from None
+        finally:
+            if response is not None and not response.closed:
+                response.close()  # left early (cancel, disconnect, error): abort the upstream
+
+    async def _post(self, path: str, body: bytes, connect_s: float) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
+        return await self._pool.session.post(
+            self._base_url + path, data=body, headers=self._headers, timeout=timeout
+        )
+
+    async def _first_events(
+        self, response: aiohttp.ClientResponse, parser: OpenAIStreamParser
+    ) -> list[StreamEvent]:
+        """The status, then the first message that means something (a role-only chunk does not)."""
+        if response.status >= 300:  # not a 2xx answer
+            body = await response.content.read(_MAX_ERROR_BODY)
+            retry_after = response.headers.get("Retry-After")
+            raise error_for_status(self._name, response.status, body, retry_after, self._redact)
+        while True:
+            chunk = await response.content.read(_READ_SIZE)
+            if not chunk:
+                return parser.finish()
+            if events := parser.feed(chunk):
+                return events
+
+    async def _rest(
+        self, response: aiohttp.ClientResponse, parser: OpenAIStreamParser, idle_s: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        content = response.content
+        while not parser.done:
+            async with asyncio.timeout(idle_s):
+                chunk = await content.read(_READ_SIZE)
+            for event in parser.feed(chunk) if chunk else parser.finish():
+                yield event

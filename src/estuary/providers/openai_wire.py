@@ -1,0 +1,205 @@
+"""OpenAI chat/completions wire format, both ways, with no I/O.
+
+`chat_body()` / `completion_body()` build the upstream request; `OpenAIStreamParser` turns the
+upstream's SSE bytes, split anywhere, into core events. The parser covers what OpenAI-compatible
+servers actually send: `reasoning_content` (DeepSeek, Kimi, Qwen) or `reasoning` (OpenRouter, vLLM),
+tool-call fragments assembled by index, usage in its own chunk or inside the last one, error
+objects inside a 200 stream, and streams that end without `[DONE]` after a finish reason.
+Must not import the HTTP layer, routing or storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from estuary.core.errors import UpstreamError, UpstreamProtocolError
+from estuary.core.events import (
+    FinishReason,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from estuary.core.redaction import Redactor
+from estuary.core.requests import ChatRequest, CompletionRequest
+from estuary.sse import SSEDecoder
+
+__all__ = ["OpenAIStreamParser", "chat_body", "completion_body"]
+
+_FINISH_REASONS: Final[dict[str, FinishReason]] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "sensitive": "content_filter",  # Zhipu GLM
+    "eos": "stop",  # some llama.cpp builds
+}
+_DONE: Final = "[DONE]"
+
+
+def chat_body(request: ChatRequest, model: str) -> bytes:
+    """The upstream body for a streamed chat completion; always asks for usage."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = model
+    body["messages"] = request.messages
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.tools is not None:
+        body["tools"] = request.tools
+    return orjson.dumps(body)
+
+
+def completion_body(request: CompletionRequest, model: str) -> bytes:
+    """The upstream body for a streamed legacy completion; always asks for usage."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = model
+    body["prompt"] = request.prompt
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return orjson.dumps(body)
+
+
+@dataclass(slots=True)
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class OpenAIStreamParser:
+    """Bytes of an OpenAI-format SSE stream in, core events out.
+
+    `feed()` raises `UpstreamError` for an error object inside the stream and
+    `UpstreamProtocolError` for malformed JSON; `finish()` raises when the stream ended early.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_decoder",
+        "_done",
+        "_finish",
+        "_had_calls",
+        "_kind",
+        "_provider",
+        "_redact",
+    )
+
+    def __init__(
+        self, provider: str, *, kind: Literal["chat", "completion"], redact: Redactor
+    ) -> None:
+        self._provider = provider
+        self._kind = kind
+        self._redact = redact
+        self._decoder = SSEDecoder()
+        self._calls: dict[int, _PartialCall] = {}
+        self._finish: FinishReason | None = None
+        self._had_calls = False
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once the stream's terminal `StreamEnd` has been produced."""
+        return self._done
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for message in self._decoder.feed(chunk):
+            self._on_data(message.data, events)
+        return events
+
+    def finish(self) -> list[StreamEvent]:
+        """The upstream closed the body: end cleanly if it had finished, else raise."""
+        events: list[StreamEvent] = []
+        for message in self._decoder.finish():
+            self._on_data(message.data, events)
+        if not self._done:
+            if self._finish is None:
+                raise UpstreamProtocolError(self._provider, "stream ended before it was complete")
+            self._end(events)  # finished, but no [DONE]: several compatible servers omit it
+        return events
+
+    def _on_data(self, data: str, events: list[StreamEvent]) -> None:
+        if self._done or not data:
+            return
+        if data == _DONE:
+            self._end(events)
+        else:
+            self._take(data, events)
+
+    def _take(self, data: str, events: list[StreamEvent]) -> None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(self._provider, "malformed JSON in stream") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamProtocolError(self._provider, "stream message is not a JSON object")
+        if "error" in chunk:
+            raise self._in_band_error(chunk["error"])
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            if self._kind == "chat":
+                self._take_delta(choice.get("delta") or {}, events)
+            elif text := choice.get("text"):
+                events.append(TextDelta(text=text))
+            if reason := choice.get("finish_reason"):
+                self._finish = _FINISH_REASONS.get(reason, "stop")
+                self._flush_calls(events)
+        usage = chunk.get("usage")
+        if usage:
+            events.append(
+                Usage(
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0),
+                )
+            )
+
+    def _take_delta(self, delta: dict[str, Any], events: list[StreamEvent]) -> None:
+        if thought := delta.get("reasoning_content") or delta.get("reasoning"):
+            events.append(ReasoningDelta(text=thought))
+        if text := delta.get("content"):
+            events.append(TextDelta(text=text))
+        for fragment in delta.get("tool_calls") or ():
+            call = self._calls.setdefault(int(fragment.get("index", 0)), _PartialCall())
+            call.id = fragment.get("id") or call.id
+            function = fragment.get("function") or {}
+            call.name = function.get("name") or call.name
+            if arguments := function.get("arguments"):
+                call.arguments.append(arguments)
+
+    def _flush_calls(self, events: list[StreamEvent]) -> None:
+        """Emit each assembled tool call once, in index order."""
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            events.append(
+                ToolCall(index=index, id=call.id, name=call.name, arguments="".join(call.arguments))
+            )
+        self._had_calls = self._had_calls or bool(self._calls)
+        self._calls.clear()
+
+    def _end(self, events: list[StreamEvent]) -> None:
+        self._flush_calls(events)
+        reason: FinishReason = self._finish or ("tool_calls" if self._had_calls else "stop")
+        events.append(StreamEnd(reason=reason))
+        self._done = True
+
+    def _in_band_error(self, error: object) -> UpstreamError:
+        if isinstance(error, dict):
+            text = str(error.get("message") or error.get("code") or "error")
+        else:
+            text = str(error)
+        return UpstreamError(self._provider, "error in stream: " + self._redact(text)[:500])

@@ -1,0 +1,81 @@
+"""In-process state for a single instance (the embedded default).
+
+Must not import the HTTP layer, routing, auth or the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from estuary.state.base import CancelResult
+
+__all__ = ["MemoryState"]
+
+
+@dataclass(slots=True)
+class _Stream:
+    owner: str
+    canceled: asyncio.Event = field(default_factory=asyncio.Event)
+    finished_at: float | None = None
+
+
+class MemoryState:
+    """A `StateStore` in this process's memory; finished streams are remembered `keep_s` seconds."""
+
+    def __init__(
+        self, *, keep_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._keep_s = keep_s
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._tickets: dict[str, tuple[float, bytes]] = {}
+        self._next_sweep = clock() + keep_s
+
+    async def register_stream(self, request_id: str, owner: str) -> asyncio.Event:
+        self._sweep()
+        stream = self._streams[request_id] = _Stream(owner)
+        return stream.canceled
+
+    async def finish_stream(self, request_id: str) -> None:
+        if (stream := self._streams.get(request_id)) is not None:
+            stream.finished_at = self._clock()
+
+    async def cancel_stream(self, request_id: str, owner: str) -> CancelResult:
+        stream = self._streams.get(request_id)
+        if stream is None or stream.owner != owner:
+            return "not_found"
+        if stream.finished_at is not None:
+            return "finished"
+        stream.canceled.set()
+        return "canceled"
+
+    async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
+        self._sweep()
+        self._tickets[ticket] = (self._clock() + ttl_s, payload)
+
+    async def take_ticket(self, ticket: str) -> bytes | None:
+        entry = self._tickets.pop(ticket, None)
+        if entry is None or entry[0] < self._clock():
+            return None
+        return entry[1]
+
+    async def aclose(self) -> None:
+        self._streams.clear()
+        self._tickets.clear()
+
+    def _sweep(self) -> None:
+        """Forget expired tickets and long-finished streams, at most once per `keep_s`."""
+        now = self._clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._keep_s
+        horizon = now - self._keep_s
+        for rid in [
+            r for r, s in self._streams.items() if s.finished_at and s.finished_at < horizon
+        ]:
+            del self._streams[rid]
+        for ticket in [t for t, (expires, _) in self._tickets.items() if expires < now]:
+            del self._tickets[ticket]
