@@ -1,0 +1,52 @@
+"""`run_fake_upstream`: the blocking entry point behind `estuary fake-upstream`.
+
+Imports nothing from estuary but its own package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+
+from ._scenario import Scenario
+from ._server import FakeUpstream
+
+__all__ = ["run_fake_upstream"]
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # optional speed-up, imported only when running
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_fake_upstream(
+    host: str, port: int, default: Scenario, *, api_key: str | None = None
+) -> None:
+    """Serve a `FakeUpstream` on `host:port` (uvloop when installed) until SIGINT or SIGTERM.
+
+    Prints `fake upstream listening on http://<host>:<port>/v1` once it accepts connections.
+    """
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(host, port, default, api_key))
+
+
+async def _serve(host: str, port: int, default: Scenario, api_key: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    fake = FakeUpstream(default, api_key=api_key, record_requests=False)
+    await fake.start(host, port)
+    try:
+        sys.stdout.write(f"fake upstream listening on {fake.base_url}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await fake.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
