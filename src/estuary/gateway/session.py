@@ -17,7 +17,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
+
+import structlog
 
 from estuary.auth.keys import Principal
 from estuary.core.errors import EstuaryError, NotFound, StreamFinished, UpstreamError
@@ -31,6 +33,8 @@ from estuary.routing.routes import Route, Router
 from estuary.state.base import StateStore
 
 __all__ = ["Gateway", "Outcome", "StreamSession"]
+
+_log: Final = structlog.get_logger("estuary.gateway")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,20 +177,34 @@ class StreamSession:
         self._settled = True
         now = self._clock()
         ttft = self._first_token_at
-        await self._finish(
-            SettledRow(
-                request_id=self.request_id,
-                status=outcome.status,
-                finish_reason=outcome.finish_reason,
-                provider=self.provider,
-                upstream_model=self.upstream_model,
-                prompt_tokens=tokens.prompt_tokens,
-                completion_tokens=tokens.completion_tokens,
-                token_source=tokens.source,
-                error_code=outcome.error.code if outcome.error is not None else None,
-                ttft_ms=None if ttft is None else (ttft - self._started) * 1000,
-                duration_ms=(now - self._started) * 1000,
-                attempts=len(self.failures) + (self.provider is not None),
-            )
+        row = SettledRow(
+            request_id=self.request_id,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason,
+            provider=self.provider,
+            upstream_model=self.upstream_model,
+            prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            token_source=tokens.source,
+            error_code=outcome.error.code if outcome.error is not None else None,
+            ttft_ms=None if ttft is None else (ttft - self._started) * 1000,
+            duration_ms=(now - self._started) * 1000,
+            attempts=len(self.failures) + (self.provider is not None),
+        )
+        await self._finish(row)
+        _log.info(
+            "stream.end",
+            request_id=row.request_id,
+            alias=self.route.alias,
+            provider=row.provider,
+            status=row.status,
+            finish_reason=row.finish_reason,
+            error=outcome.error.message if outcome.error is not None else None,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            token_source=row.token_source,
+            ttft_ms=None if row.ttft_ms is None else round(row.ttft_ms, 1),
+            duration_ms=round(row.duration_ms, 1),
+            attempts=row.attempts,
         )
         return tokens

@@ -7,6 +7,7 @@ Must not import the HTTP layer, routing or storage.
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 
 from estuary.core.errors import (
@@ -18,7 +19,7 @@ from estuary.core.errors import (
 )
 from estuary.core.redaction import Redactor
 
-__all__ = ["error_for_status", "parse_retry_after"]
+__all__ = ["connection_failure", "error_for_status", "parse_retry_after"]
 
 _MAX_DETAIL = 300
 
@@ -63,3 +64,12 @@ def _message(body: bytes) -> str:
             return str(error.get("message") or error.get("msg") or error.get("code") or error)
         return str(error)
     return str(parsed)
+
+
+def connection_failure(exc: BaseException) -> str:
+    """A plain description of a transport failure (never the exception's text: it may hold URLs)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not connect to the upstream"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the upstream closed the connection before the answer was complete"
+    return f"the connection to the upstream failed ({type(exc).__name__})"

@@ -19,7 +19,7 @@ from estuary.core.events import StreamEvent, StreamStart
 from estuary.core.redaction import Redactor
 from estuary.core.requests import ChatRequest, UpstreamRequest
 from estuary.providers.base import Timeouts
-from estuary.providers.http_errors import error_for_status
+from estuary.providers.http_errors import connection_failure, error_for_status
 from estuary.providers.openai_wire import OpenAIStreamParser, chat_body, completion_body
 from estuary.providers.pool import HttpPool
 
@@ -86,8 +86,7 @@ class OpenAIProvider:
         except TimeoutError:
             raise UpstreamTimeout(self._name, phase) from None
         except (aiohttp.ClientError, OSError) as exc:
-            detail = self._redact(f"{type(exc).__name__}: {exc}")[:300]
-            raise UpstreamError(self._name, f"connection failed ({detail})") from None
+            raise UpstreamError(self._name, connection_failure(exc)) from None
         finally:
             if response is not None and not response.closed:
                 response.close()  # left early (cancel, disconnect, error): abort the upstream
@@ -117,7 +116,10 @@ class OpenAIProvider:
         self, response: aiohttp.ClientResponse, parser: OpenAIStreamParser, idle_s: float
     ) -> AsyncGenerator[StreamEvent, None]:
         content = response.content
-        while not parser.done:
+        while True:
+            parser.check()
+            if parser.done:
+                return
             async with asyncio.timeout(idle_s):
                 chunk = await content.read(_READ_SIZE)
             for event in parser.feed(chunk) if chunk else parser.finish():

@@ -84,13 +84,16 @@ class OpenAIStreamParser:
     """Bytes of an OpenAI-format SSE stream in, core events out.
 
     `feed()` raises `UpstreamError` for an error object inside the stream and
-    `UpstreamProtocolError` for malformed JSON; `finish()` raises when the stream ended early.
+    `UpstreamProtocolError` for malformed JSON — but never loses the events before the failure:
+    those are returned first and the failure is raised by `check()` or the next call.
+    `finish()` raises when the stream ended early.
     """
 
     __slots__ = (
         "_calls",
         "_decoder",
         "_done",
+        "_failed",
         "_finish",
         "_had_calls",
         "_kind",
@@ -108,6 +111,7 @@ class OpenAIStreamParser:
         self._calls: dict[int, _PartialCall] = {}
         self._finish: FinishReason | None = None
         self._had_calls = False
+        self._failed: UpstreamError | None = None
         self._done = False
 
     @property
@@ -116,13 +120,26 @@ class OpenAIStreamParser:
         return self._done
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """Events in `chunk`. A failure raises — after the events before it were returned."""
+        self.check()
         events: list[StreamEvent] = []
-        for message in self._decoder.feed(chunk):
-            self._on_data(message.data, events)
+        try:
+            for message in self._decoder.feed(chunk):
+                self._on_data(message.data, events)
+        except UpstreamError as exc:
+            if not events:
+                raise
+            self._failed = exc  # deliver the text that came before it first
         return events
+
+    def check(self) -> None:
+        """Raise the failure found by the last `feed()`, if it had events to return first."""
+        if self._failed is not None:
+            raise self._failed
 
     def finish(self) -> list[StreamEvent]:
         """The upstream closed the body: end cleanly if it had finished, else raise."""
+        self.check()
         events: list[StreamEvent] = []
         for message in self._decoder.finish():
             self._on_data(message.data, events)

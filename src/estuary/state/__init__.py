@@ -1,5 +1,5 @@
-"""Shared state behind one small Protocol: stream cancel signals and stream tickets today; rate-limit
-buckets and resume buffers next. The in-memory store serves one process; a Redis store serves many."""
+"""Shared state behind one small Protocol: cancel signals and stream tickets today; rate-limit
+buckets and resume buffers next. The memory store serves one process; a Redis store, many."""
 
 from estuary.state.base import CancelResult, StateStore
 from estuary.state.memory import MemoryState

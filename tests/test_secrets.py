@@ -1,0 +1,105 @@
+"""No upstream key in any response, event or log line — even when the upstream echoes it back.
+
+This runs `estuary serve` as a real process with its JSON logs at debug level, makes every kind of
+request fail in ways that put the key into upstream error bodies, and searches all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from estuary.testing import FakeUpstream, Scenario
+from tests.support import APP_KEY, AUTH, ENVIRON, UPSTREAM_KEY, free_port, gateway_toml
+
+ECHO = "upstream says: your header was Authorization: {authorization}"
+
+
+@pytest.fixture
+async def server(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """`estuary serve` in a child process; yields its URL and the file its stderr goes to."""
+    port = free_port()
+    config = tmp_path / "estuary.toml"
+    config.write_text(gateway_toml(upstream.base_url, server='log_level = "debug"'))
+    log_path = tmp_path / "stderr.log"
+    env = {**os.environ, **ENVIRON}
+    command = [
+        sys.executable,
+        "-m",
+        "estuary",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+    ]
+    with log_path.open("wb") as log:
+        child = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_until_up(url)
+            yield url, log_path
+        finally:
+            child.terminate()
+            await child.wait()
+
+
+async def _wait_until_up(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("estuary serve did not come up")
+
+
+async def test_upstream_key_never_leaks(server: tuple[str, Path], upstream: FakeUpstream) -> None:
+    """Responses, events and logs never contain the upstream key, whatever the failure."""
+    url, log_path = server
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    upstream.enqueue(
+        Scenario(fail_status=500, fail_body=ECHO),
+        Scenario(fail_status=401, fail_body=ECHO),
+        Scenario(fail_status=400, fail_body='{"error": {"message": "' + ECHO + '"}}'),
+        Scenario(fail_status=429, fail_body=ECHO, retry_after="1"),
+        Scenario(fail_status=502, fail_body=ECHO),
+        Scenario(tokens=4, error_after=2),
+        Scenario(tokens=3),
+    )
+    seen: list[bytes] = []
+    async with aiohttp.ClientSession() as http:
+        for path, body in [
+            ("/api/chat/stream", chat),
+            ("/v1/chat/completions", {**chat, "stream": True}),
+            ("/v1/chat/completions", chat),
+            ("/v1/completions", {"model": "chat", "prompt": "x", "stream": True}),
+            ("/api/chat/stream?format=text", chat),
+            ("/api/chat/stream", chat),
+            ("/api/chat/stream", chat),
+        ]:
+            async with http.post(url + path, json=body, headers=AUTH) as response:
+                seen.append(str(response.headers).encode() + await response.read())
+    assert len(upstream.requests) == 7
+    assert all(UPSTREAM_KEY in r.headers["Authorization"] for r in upstream.requests)
+    everything = b"\n".join(seen)
+    assert b"upstream says" in everything  # the upstream's own words did come through...
+    assert UPSTREAM_KEY.encode() not in everything  # ...but not the key inside them
+    assert APP_KEY.encode() not in everything
+    await asyncio.sleep(0.2)  # let the last log lines reach the file
+    logs = log_path.read_bytes()
+    lines = [orjson.loads(line) for line in logs.splitlines() if line.startswith(b"{")]
+    ended = [line for line in lines if line.get("event") == "stream.end"]
+    assert len(ended) == 7  # one structured line per request: the check has something to read
+    assert any("upstream says" in str(line.get("error")) for line in ended)
+    assert UPSTREAM_KEY.encode() not in logs
+    assert APP_KEY.encode() not in logs
