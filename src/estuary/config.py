@@ -1,39 +1,30 @@
 """The configuration file: one TOML document, validated, with secrets only as `${ENV}` references.
 
 `load_config()` reads the file, applies the command line's dotted-key overrides, expands `${NAME}`
-references from the environment, and validates the result with pydantic. Every problem is a
-`ConfigError` whose message names the file (when there is one) and the dotted key, and never holds
-a secret's value: messages are built from pydantic's `loc` and `msg`, never from `str(exc)`, and
-every value taken from the environment is masked in them as a last line of defence.
-
-This is the only module that reads the process environment. It may import `estuary.core` and
-`estuary.providers.presets`, nothing else of estuary. The reference is `docs/configuration.md`.
+from the environment and validates with pydantic. Every problem is a `ConfigError` naming the file
+(if any) and the dotted key, built from pydantic's `loc` + `msg` (never `str(exc)`, which quotes
+inputs), with environment values masked as a last defence. The only module that reads the
+environment; imports `estuary.providers.presets` and nothing else of estuary. Reference:
+`docs/configuration.md`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal, Self, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from estuary.providers.presets import PRESETS, preset
+from estuary.providers.presets import Format, preset
 
 __all__ = [
     "AuthConfig",
@@ -51,21 +42,20 @@ __all__ = [
     "secret_values",
 ]
 
-Loc = tuple[str | int, ...]
+_Loc = tuple[str | int, ...]
 
 _REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")  # also the rule for provider names
-_ALIAS: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+_NAME: Final = r"^[A-Za-z0-9_-]+$"  # a provider name, and a TOML bare key
+_ALIAS: Final = r"^[A-Za-z0-9_.:-]+$"
 _ORIGIN: Final = re.compile(r"https?://[^/\s?#]+")
 _HTTP_URL: Final = re.compile(r"https?://[^/\s?#]+(/\S*)?")
 _STORE_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _TOML_WHERE: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_PLAIN = MappingProxyType({"extra_forbidden": "unknown key", "missing": "required, but missing"})
 _OVERRIDE_PART: Final = re.compile(r'"([^"]*)"|([^.]+)')
-# None matches any key or index. Secrets must be exactly one `${NAME}`; sensitive values may hold
-# references anywhere (a password in a DSN, a token in a header) and are masked in logs.
+# None matches any key or index. Secrets are one `${NAME}`; sensitive values are masked in logs.
 _SECRET: Final = (("auth", "admin_key"), ("auth", "keys", None), ("providers", None, "api_key"))
 _SENSITIVE: Final = (("providers", None, "headers", None), ("ledger", "url"), ("state", "url"))
-_DEMO_SETUP: Final = "the built-in demo setup (no --config)"
 
 
 class ConfigError(Exception):
@@ -75,7 +65,7 @@ class ConfigError(Exception):
 class _Invalid(ValueError):
     """Validation problems that know their keys, relative to where pydantic raised them."""
 
-    def __init__(self, problems: Sequence[tuple[Loc, str]]) -> None:
+    def __init__(self, problems: Sequence[tuple[_Loc, str]]) -> None:
         super().__init__("; ".join(message for _, message in problems))
         self.problems = tuple(problems)
 
@@ -88,10 +78,14 @@ class Target:
     model: str
 
     @classmethod
-    def parse(cls, text: str) -> Target:
+    def parse(cls, text: object) -> Target:
         """Split "provider/model" at the first "/" (upstream model names may contain more)."""
+        if isinstance(text, Target):
+            return text
+        if not isinstance(text, str):  # a ValueError, which pydantic turns into a message
+            raise ValueError('expected a string "provider/model"')
         provider, slash, model = text.partition("/")
-        if not slash or not model or not _BARE_KEY.fullmatch(provider):
+        if not slash or not model or not re.match(_NAME, provider):
             raise ValueError('expected "provider/model", e.g. "kimi/moonshot-v1-8k"')
         return cls(provider, model)
 
@@ -99,14 +93,6 @@ class Target:
     def label(self) -> str:
         """ "provider/model" again, as `[prices]` keys and logs spell it."""
         return f"{self.provider}/{self.model}"
-
-
-def _target(value: object) -> Target:
-    if isinstance(value, Target):
-        return value
-    if not isinstance(value, str):
-        raise ValueError('expected a string "provider/model"')  # pydantic reports ValueErrors
-    return Target.parse(value)
 
 
 class _Table(BaseModel):
@@ -126,15 +112,6 @@ class ServerConfig(_Table):
     ticket_ttl_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: int = Field(default=1, ge=1)
-
-    @field_validator("cors_origins")
-    @classmethod
-    def _exact_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [i for i, o in enumerate(origins) if o != "*" and not _ORIGIN.fullmatch(o)]
-        if bad:
-            message = 'an origin is "scheme://host[:port]" with no path or trailing slash, or "*"'
-            raise _Invalid([((i,), message) for i in bad])
-        return origins
 
 
 class AuthConfig(_Table):
@@ -161,7 +138,7 @@ class ProviderConfig(_Table):
     """`[providers.NAME]`: one upstream. `format` and `base_url` are resolved from `preset`."""
 
     preset: str | None = None
-    format: Literal["openai", "anthropic", "gemini", "demo"]
+    format: Format
     base_url: str = ""
     api_key: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -175,10 +152,7 @@ class ProviderConfig(_Table):
             return data
         name = data.get("preset")
         if name is None and "format" not in data:
-            formats = "openai, anthropic, gemini, demo"
-            raise _Invalid(
-                [((), f"set preset (one of {', '.join(PRESETS)}) or format ({formats})")]
-            )
+            raise _Invalid([((), f"set preset, or format ({', '.join(get_args(Format))})")])
         if not isinstance(name, str):
             return data  # no preset, or a wrong type that pydantic reports on `preset`
         try:
@@ -193,10 +167,8 @@ class ProviderConfig(_Table):
     @model_validator(mode="after")
     def _complete(self) -> Self:
         if self.format != "demo" and not _HTTP_URL.fullmatch(self.base_url):
-            wanted = "an http:// or https:// URL"
-            message = (
-                wanted if self.base_url else f"required for the {self.format!r} format: {wanted}"
-            )
+            url = "an http:// or https:// URL"
+            message = f"must be {url}" if self.base_url else f"required ({url}) unless demo"
             raise _Invalid([(("base_url",), message)])
         if self.preset is not None and preset(self.preset).needs_key and self.api_key is None:
             message = f'the {self.preset!r} preset needs api_key = "${{ENV_VAR}}"'
@@ -207,7 +179,7 @@ class ProviderConfig(_Table):
 class ModelConfig(_Table):
     """`[models.ALIAS]`: the targets an alias falls back through, in order, and its limits."""
 
-    targets: tuple[Annotated[Target, PlainValidator(_target)], ...] = Field(min_length=1)
+    targets: tuple[Annotated[Target, PlainValidator(Target.parse)], ...] = Field(min_length=1)
     first_token_timeout_s: float = Field(default=30.0, gt=0)
     idle_timeout_s: float = Field(default=60.0, gt=0)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -227,28 +199,21 @@ class Config(_Table):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    providers: dict[Annotated[str, Field(pattern=_NAME)], ProviderConfig] = Field(
+        default_factory=dict
+    )
+    models: dict[Annotated[str, Field(pattern=_ALIAS)], ModelConfig] = Field(default_factory=dict)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
-    _secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)  # filled by the loader
-
-    @field_validator("providers", "models")
-    @classmethod
-    def _names(cls, tables: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        rule, allowed = (
-            (_BARE_KEY, "letters, digits, _ and -")
-            if info.field_name == "providers"
-            else (_ALIAS, "letters, digits, _ - . and :")
-        )
-        bad = [name for name in tables if not rule.fullmatch(name)]
-        if bad:
-            raise _Invalid([((name,), f"a name may only use {allowed}") for name in bad])
-        return tables
+    _secrets: frozenset[str] = frozenset()  # private: what the loader took from the environment
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
-        problems = list(self._target_problems())
+        problems = self._reference_problems()
         server, auth = self.server, self.auth
+        for i, origin in enumerate(server.cors_origins):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                message = 'an origin is "scheme://host[:port]", no path or trailing slash (or "*")'
+                problems.append((("server", "cors_origins", i), message))
         if server.default_model is not None and server.default_model not in self.models:
             problems.append((("server", "default_model"), "names no alias in [models]"))
         if auth.anonymous and not _is_loopback(server.host):
@@ -261,10 +226,11 @@ class Config(_Table):
             raise _Invalid(problems)
         return self
 
-    def _target_problems(self) -> list[tuple[Loc, str]]:
+    def _reference_problems(self) -> list[tuple[_Loc, str]]:
+        """Every "provider/model" must name a configured provider."""
+        problems: list[tuple[_Loc, str]] = []
         if not self.models:
-            return [(("models",), "define at least one model alias, e.g. [models.chat]")]
-        problems: list[tuple[Loc, str]] = []
+            problems.append((("models",), "define at least one model alias, e.g. [models.chat]"))
         for alias, model in self.models.items():
             for i, target in enumerate(model.targets):
                 if target.provider not in self.providers:
@@ -287,24 +253,23 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read, override, expand and validate `path`; with no path, `default_config(overrides=…)`.
+    """Read `path`, apply `overrides` (dotted keys from flags), expand `${ENV}`, validate.
 
-    `overrides` maps dotted keys to values (`{"server.port": 9000}`, from command-line flags) and
-    is applied after reading the file and before validation, under the same rules as the file.
+    With no path: `default_config(overrides=…)`. Overrides obey the same rules as the file.
     """
     if path is None:
         return default_config(overrides=overrides)
     where = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: the file is not UTF-8 text") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_problem(where, str(exc))) from None
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ConfigError(f"{where}: cannot read the file: {reason or exc}") from None
+    except tomllib.TOMLDecodeError as exc:  # "Invalid value (at line 3, column 7)"
+        message, at = str(exc), _TOML_WHERE.search(str(exc))
+        if at is not None:
+            message = f"line {at[1]}: invalid TOML: {message[: at.start()]} (column {at[2]})"
+        raise ConfigError(f"{where}: {message if at else 'invalid TOML: ' + message}") from None
     _apply_overrides(raw, overrides or {}, where)
     return _build(raw, os.environ if environ is None else environ, where)
 
@@ -314,25 +279,22 @@ def default_config(*, overrides: Mapping[str, Any] | None = None) -> Config:
     raw: dict[str, Any] = {
         "server": {"default_model": "demo"},
         "auth": {"anonymous": True},
-        "ledger": {"url": "sqlite:///estuary.db"},
-        "state": {"url": "memory://"},
         "providers": {"demo": {"format": "demo"}},
         "models": {"demo": {"targets": ["demo/estuary-demo"]}},
     }
-    _apply_overrides(raw, overrides or {}, None)
-    host = raw["server"].get("host") if isinstance(raw["server"], dict) else None
-    if isinstance(host, str) and raw["auth"].get("anonymous") is True and not _is_loopback(host):
+    overrides = overrides or {}
+    _apply_overrides(raw, overrides, None)
+    host = str(overrides.get("server.host", "127.0.0.1"))
+    if overrides.get("auth.anonymous", True) and not _is_loopback(host):
         raise ConfigError(
-            f"server.host: {_DEMO_SETUP} allows anonymous access, so it listens on loopback only,"
-            f" not {host!r}; write a config file with [auth] keys (see docs/configuration.md)"
-            " and pass it with --config"
+            f"server.host: the demo setup (no --config) is anonymous, so loopback only, not"
+            f" {host!r}; write a config file with [auth] keys (docs/configuration.md), use --config"
         )
     return _build(raw, os.environ, None)
 
 
 def secret_values(config: Config) -> frozenset[str]:
-    """Every secret resolved from the environment (keys, upstream keys, `${ENV}` in headers and
-    store URLs, and the variables' own values), for redacting logs and errors."""
+    """Every secret taken from the environment (see docs/configuration.md), to redact logs."""
     values = {*config._secrets, *config.auth.keys, config.auth.admin_key}
     values.update(provider.api_key for provider in config.providers.values())
     return frozenset(v for v in values if v)
@@ -349,14 +311,12 @@ def _build(raw: dict[str, Any], environ: Mapping[str, str], where: str | None) -
     return config
 
 
-def _expand(
-    value: Any, loc: Loc, environ: Mapping[str, str], where: str | None, secrets: set[str]
-) -> Any:
+def _expand(value: Any, loc: _Loc, env: Mapping[str, str], where: str | None, out: set[str]) -> Any:
     """Replace `${NAME}` references in every string; secrets must be exactly one reference."""
     if isinstance(value, dict):
-        return {k: _expand(v, (*loc, k), environ, where, secrets) for k, v in value.items()}
+        return {k: _expand(v, (*loc, k), env, where, out) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, (*loc, i), environ, where, secrets) for i, v in enumerate(value)]
+        return [_expand(v, (*loc, i), env, where, out) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
     secret = _matches(loc, _SECRET)
@@ -367,95 +327,73 @@ def _expand(
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name not in environ:
+        if name not in env:
             raise ConfigError(_line(where, loc, f"environment variable {name} is not set"))
-        if secret and not environ[name]:
+        if secret and not env[name]:
             raise ConfigError(_line(where, loc, f"environment variable {name} is empty"))
-        found.append(environ[name])
-        return environ[name]
+        found.append(env[name])
+        return env[name]
 
     expanded = _REFERENCE.sub(substitute, value)
     if found and (secret or _matches(loc, _SENSITIVE)):
-        secrets.update([expanded, *found])
+        out.update([expanded, *found])
     return expanded
 
 
-def _matches(loc: Loc, patterns: tuple[tuple[str | None, ...], ...]) -> bool:
-    return any(
-        len(pattern) == len(loc)
-        and all(p is None or p == part for p, part in zip(pattern, loc, strict=True))
-        for pattern in patterns
-    )
+def _matches(loc: _Loc, patterns: tuple[tuple[str | None, ...], ...]) -> bool:
+    same = (pat for pat in patterns if len(pat) == len(loc))
+    return any(all(p in (None, x) for p, x in zip(pat, loc, strict=True)) for pat in same)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], where: str | None) -> None:
     """Set each dotted key (quote a part that holds dots: `models."gpt-4.1".max_tokens`)."""
     for dotted, value in overrides.items():
-        parts: Loc = tuple(m.group(1) or m.group(2) for m in _OVERRIDE_PART.finditer(dotted))
+        *parents, leaf = [m[1] or m[2] for m in _OVERRIDE_PART.finditer(dotted)] or [dotted]
         table = raw
-        for depth, part in enumerate(parts[:-1]):
+        for depth, part in enumerate(parents):
             table = table.setdefault(part, {})
             if not isinstance(table, dict):
-                raise ConfigError(_line(where, parts[: depth + 1], "not a table, cannot override"))
-        if parts:
-            table[parts[-1]] = value
+                message = "not a table, cannot override"
+                raise ConfigError(_line(where, tuple(parents[: depth + 1]), message))
+        table[leaf] = value
 
 
 def _describe(exc: ValidationError, where: str | None) -> str:
     """One line per problem, 'file: key: message', from `loc` and `msg` only (never the input)."""
     lines: list[str] = []
     for error in exc.errors(include_url=False, include_input=False, include_context=True):
-        loc: Loc = tuple(error["loc"])
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _Invalid):
-            lines.extend(_line(where, (*loc, *sub), message) for sub, message in cause.problems)
-        elif error["type"] == "extra_forbidden":
-            lines.append(_line(where, loc, "unknown key"))
-        elif error["type"] == "missing":
-            lines.append(_line(where, loc, "required key is missing"))
-        elif isinstance(cause, ValueError):
-            lines.append(_line(where, loc, str(cause)))
+        loc: _Loc = tuple(error["loc"])
+        message = _PLAIN.get(error["type"], error["msg"].removeprefix("Value error, "))
+        if isinstance(cause := error.get("ctx", {}).get("error"), _Invalid):
+            lines.extend(_line(where, (*loc, *sub), text) for sub, text in cause.problems)
+        elif loc[-1:] == ("[key]",):  # a table name that breaks its pattern
+            lines.append(_line(where, loc[:-1], f"invalid name: {message}"))
         else:
-            lines.append(_line(where, loc, error["msg"]))
+            lines.append(_line(where, loc, message))
     return "\n".join(dict.fromkeys(lines))
 
 
-def _line(where: str | None, loc: Loc, message: str) -> str:
-    return ": ".join(part for part in (where, _dotted(loc), message) if part)
-
-
-def _dotted(loc: Loc) -> str:
-    """`models."gpt-4.1".targets[0]`: TOML's spelling of a key path."""
-    out = ""
+def _line(where: str | None, loc: _Loc, message: str) -> str:
+    """'file: key: message', the key spelled as in TOML: `models."gpt-4.1".targets[0]`."""
+    key = ""
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        name = part if _BARE_KEY.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
-        out += f".{name}" if out else name
-    return out
+            key += f"[{part}]"
+        else:
+            name = part if re.match(_NAME, part) else json.dumps(part, ensure_ascii=False)
+            key += f".{name}" if key else name
+    return ": ".join(text for text in (where, key, message) if text)
 
 
 def _mask(text: str, secrets: set[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
-
-
-def _toml_problem(where: str, message: str) -> str:
-    if (at := _TOML_WHERE.search(message)) is None:
-        return f"{where}: invalid TOML: {message}"
-    reason = message[: at.start()]
-    return f"{where}: line {at.group(1)}: invalid TOML: {reason} (column {at.group(2)})"
 
 
 def _is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost."""
     name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
+    with contextlib.suppress(ValueError):
         return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost"

@@ -1,0 +1,3 @@
+"""Rate limits and budgets: reserve an estimate at admission, settle with real usage (to come)."""
+
+__all__: list[str] = []

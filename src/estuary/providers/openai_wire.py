@@ -10,7 +10,9 @@ Must not import the HTTP layer, routing or storage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import orjson
@@ -31,15 +33,17 @@ from estuary.sse import SSEDecoder
 
 __all__ = ["OpenAIStreamParser", "chat_body", "completion_body"]
 
-_FINISH_REASONS: Final[dict[str, FinishReason]] = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-    "content_filter": "content_filter",
-    "sensitive": "content_filter",  # Zhipu GLM
-    "eos": "stop",  # some llama.cpp builds
-}
+_FINISH_REASONS: Final[Mapping[str, FinishReason]] = MappingProxyType(
+    {
+        "stop": "stop",
+        "length": "length",
+        "tool_calls": "tool_calls",
+        "function_call": "tool_calls",
+        "content_filter": "content_filter",
+        "sensitive": "content_filter",  # Zhipu GLM
+        "eos": "stop",  # some llama.cpp builds
+    }
+)
 _DONE: Final = "[DONE]"
 
 
