@@ -49,15 +49,8 @@ _DONE: Final = "[DONE]"
 
 def chat_body(request: ChatRequest, model: str) -> bytes:
     """The upstream body for a streamed chat completion; always asks for usage."""
-    body: dict[str, Any] = dict(request.extra)
-    body["model"] = model
+    body = _common(request, model)
     body["messages"] = request.messages
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
     if request.tools is not None:
         body["tools"] = request.tools
     return orjson.dumps(body)
@@ -65,16 +58,21 @@ def chat_body(request: ChatRequest, model: str) -> bytes:
 
 def completion_body(request: CompletionRequest, model: str) -> bytes:
     """The upstream body for a streamed legacy completion; always asks for usage."""
+    body = _common(request, model)
+    body["prompt"] = request.prompt
+    return orjson.dumps(body)
+
+
+def _common(request: ChatRequest | CompletionRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = dict(request.extra)
     body["model"] = model
-    body["prompt"] = request.prompt
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
-    return orjson.dumps(body)
+    return body
 
 
 @dataclass(slots=True)
