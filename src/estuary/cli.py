@@ -70,9 +70,72 @@ def fake_upstream(
     api_key: Annotated[
         str | None, typer.Option(envvar="FAKE_UPSTREAM_KEY", help="Require this bearer key")
     ] = None,
+    record: Annotated[
+        bool, typer.Option(help="Record requests, readable at GET /_fake/requests")
+    ] = False,
+    script: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=TOKENS,GAP_S,TTFT_S: another timing for requests naming MODEL"),
+    ] = None,
 ) -> None:
     """Run the scripted OpenAI-compatible server used by tests, demos and the benchmark."""
-    run_fake_upstream(host, port, Scenario(ttft_s=ttft, gap_s=gap, tokens=tokens), api_key=api_key)
+    scenario = Scenario(ttft_s=ttft, gap_s=gap, tokens=tokens)
+    scripts = {}
+    for item in script or ():
+        model, _, spec = item.partition("=")
+        try:
+            count, gap_s, ttft_s = spec.split(",")
+            scripts[model] = Scenario(tokens=int(count), gap_s=float(gap_s), ttft_s=float(ttft_s))
+        except ValueError:
+            raise typer.BadParameter(f"expected MODEL=TOKENS,GAP_S,TTFT_S, got '{item}'") from None
+    run_fake_upstream(host, port, scenario, api_key=api_key, control=record, scripts=scripts)
+
+
+@app.command()
+def bench(
+    targets: Annotated[
+        str, typer.Option(help="Comma-separated: direct, estuary, litellm, portkey")
+    ] = "direct,estuary,litellm,portkey",
+    quick: Annotated[bool, typer.Option(help="Smaller counts, for a quick look")] = False,
+    out: Annotated[Path, typer.Option(help="Where results and logs go")] = Path("bench/results"),
+) -> None:
+    """Benchmark Estuary against the direct upstream and its peers (see docs/benchmarks.md)."""
+    import asyncio
+    import time
+
+    import orjson
+    from rich.console import Console
+
+    from estuary.bench.harness import BenchPlan, Measurement, run_benchmark
+    from estuary.bench.report import markdown, print_tables, summarize
+
+    console = Console(stderr=True)
+    plan = BenchPlan(targets=tuple(t.strip() for t in targets.split(",") if t.strip()), workdir=out)
+    if quick:
+        plan = BenchPlan(
+            targets=plan.targets,
+            workdir=out,
+            concurrency=(50, 200),
+            rounds=1,
+            latency_streams=10,
+            long_streams=4,
+            cancel_streams=100,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    lines = (out / f"bench-{stamp}.jsonl").open("ab")
+
+    def record(measurement: Measurement) -> None:
+        lines.write(orjson.dumps(summarize(measurement)) + b"\n")
+        lines.flush()
+
+    try:
+        results = asyncio.run(run_benchmark(plan, record, console.log))
+    finally:
+        lines.close()
+    print_tables(results, console)
+    (out / f"bench-{stamp}.md").write_text(markdown(results))
+    console.log(f"results: {out}/bench-{stamp}.jsonl and .md")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from estuary.auth.keys import Authenticator
 from estuary.auth.tickets import TicketIssuer
@@ -96,7 +97,7 @@ def build_runtime(
     )
 
 
-def build_app(runtime: Runtime) -> Starlette:
+def build_app(runtime: Runtime) -> ASGIApp:
     """The ASGI app over `runtime`, closing it when the server shuts down."""
 
     @asynccontextmanager
@@ -106,9 +107,7 @@ def build_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.aclose()
 
-    app = create_app(runtime.services)
-    app.router.lifespan_context = lifespan
-    return app
+    return create_app(runtime.services, lifespan=lifespan)
 
 
 def _provider(name: str, config: ProviderConfig, pool: HttpPool, redactor: Redactor) -> Provider:

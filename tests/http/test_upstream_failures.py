@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import aiohttp
@@ -140,3 +141,19 @@ async def test_failure_after_first_token_is_one_in_band_error_and_no_switch(
     assert [r.model for r in upstream.requests] == ["primary-model"]
     row = await gateway.row(got.headers["X-Request-Id"])
     assert (row.status, row.settled and row.settled.token_source) == ("error", "partial")
+
+
+async def test_upstream_silent_mid_stream_times_out_in_band(
+    gateway: RunningGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """An upstream that stops sending after two tokens is cut after the idle timeout (2 s)."""
+    upstream.enqueue(Scenario(tokens=6, stall_after=2))
+    async with http.post(
+        f"{gateway.url}/api/chat/stream", json=chat("chat"), headers=AUTH
+    ) as response:
+        got = await read_app_stream(response)
+    assert [e["type"] for e in got.events] == ["start", "content", "content", "error"]
+    assert got.events[-1]["error"]["code"] == "upstream_timeout"
+    assert got.comments >= 1  # heartbeats went on while the upstream was silent
+    (seen,) = upstream.requests
+    await asyncio.wait_for(seen.client_gone.wait(), timeout=5)  # and the upstream was closed

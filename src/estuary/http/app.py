@@ -13,17 +13,35 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
 from estuary.http.encoders import error_body
 from estuary.http.routes import Handlers, Services
+from estuary.http.streaming import SERVER_SEND
 
 __all__ = ["Services", "create_app"]
 
 _log: Final = logging.getLogger("estuary.http")
 
 
-def create_app(services: Services) -> Starlette:
+class _ServerSend:
+    """The outermost layer: keeps the server's own `send` in the scope for streamed bodies.
+
+    Framework middleware wraps `send` to watch the response start; body chunks need none of
+    that, and on the token path each wrapper is a coroutine call per chunk.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await self._app(scope, receive, send)
+
+
+def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> ASGIApp:
     """Build the ASGI app; no state lives anywhere but in `services`."""
     handlers = Handlers(services)
     routes: list[BaseRoute] = [
@@ -49,15 +67,17 @@ def create_app(services: Services) -> Starlette:
                 max_age=600,
             )
         )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
+        lifespan=lifespan,
         exception_handlers={
             EstuaryError: _estuary_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
     )
+    return _ServerSend(app)
 
 
 async def _healthz(request: Request) -> Response:

@@ -33,7 +33,15 @@ from estuary.core.events import StreamEnd, StreamStart
 from estuary.gateway.session import Outcome, StreamSession
 from estuary.http.encoders import Encoder, error_body
 
-__all__ = ["StreamResponse", "StreamSettings", "error_messages", "streaming_headers"]
+__all__ = [
+    "SERVER_SEND",
+    "StreamResponse",
+    "StreamSettings",
+    "error_messages",
+    "streaming_headers",
+]
+
+SERVER_SEND: Final = "estuary.server_send"  # scope key: the ASGI server's own `send`
 
 _log: Final = logging.getLogger("estuary.stream")
 
@@ -80,6 +88,8 @@ class StreamResponse:
         self._lock = asyncio.Lock()
         self._pump_scope = anyio.CancelScope()
         self._send: Send | None = None
+        self._body_send: Send | None = None
+        self._clock = asyncio.get_running_loop().time
         self._committed = False
         self._last_write = 0.0
         self._stopped_by: Literal["client", "cancel"] | None = None
@@ -88,7 +98,9 @@ class StreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
-        self._last_write = anyio.current_time()
+        # Body chunks may skip the framework's send wrappers: they only look at the response start.
+        self._body_send = scope.get(SERVER_SEND, send)
+        self._last_write = self._clock()
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._watch_disconnect, receive)
@@ -121,13 +133,14 @@ class StreamResponse:
 
     async def _write(self, data: bytes) -> None:
         async with self._lock:
-            send = self._send
-            assert send is not None
             if not self._committed:
                 await self._commit()
             if data:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            self._last_write = anyio.current_time()
+                assert self._body_send is not None
+                await self._body_send(
+                    {"type": "http.response.body", "body": data, "more_body": True}
+                )
+            self._last_write = self._clock()
 
     async def _commit(self) -> None:
         assert self._send is not None
@@ -187,7 +200,7 @@ class StreamResponse:
             return
         interval = self._settings.heartbeat_s
         while True:
-            idle = anyio.current_time() - self._last_write
+            idle = self._clock() - self._last_write
             if idle >= interval:
                 await self._write(heartbeat)
                 idle = 0.0

@@ -9,6 +9,7 @@ cancel reaches the upstream. Must not import the HTTP layer, routing or storage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from typing import Final, Literal
 
@@ -21,12 +22,13 @@ from estuary.core.requests import ChatRequest, UpstreamRequest
 from estuary.providers.base import Timeouts
 from estuary.providers.http_errors import connection_failure, error_for_status
 from estuary.providers.openai_wire import OpenAIStreamParser, chat_body, completion_body
-from estuary.providers.pool import HttpPool
+from estuary.providers.pool import HttpPool, IdleWatchdog
 
 __all__ = ["OpenAIProvider"]
 
 _MAX_ERROR_BODY: Final = 16 * 1024
 _READ_SIZE: Final = 64 * 1024
+_DRAIN_S: Final = 0.5
 
 
 class OpenAIProvider:
@@ -78,7 +80,7 @@ class OpenAIProvider:
                 yield event
             async for event in self._rest(response, parser, timeouts.idle_s):
                 yield event
-            response.release()  # finished: the connection may go back to the pool
+            await _drain(response)  # finished: the connection may go back to the pool
         except UpstreamError:
             raise
         except aiohttp.ServerTimeoutError:
@@ -116,11 +118,24 @@ class OpenAIProvider:
         self, response: aiohttp.ClientResponse, parser: OpenAIStreamParser, idle_s: float
     ) -> AsyncGenerator[StreamEvent, None]:
         content = response.content
-        while True:
-            parser.check()
-            if parser.done:
-                return
-            async with asyncio.timeout(idle_s):
+        watchdog = IdleWatchdog(content, idle_s)
+        try:
+            while True:
+                parser.check()
+                if parser.done:
+                    return
                 chunk = await content.read(_READ_SIZE)
-            for event in parser.feed(chunk) if chunk else parser.finish():
-                yield event
+                for event in parser.feed(chunk) if chunk else parser.finish():
+                    yield event
+        finally:
+            watchdog.cancel()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read the body's last bytes (the chunked terminator) so the connection can be reused."""
+    content = response.content
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_S):
+            while not content.at_eof() and await content.read(_READ_SIZE):
+                pass
+    response.release()

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
-__all__ = ["SeenRequest", "mark_client_gone", "mark_finished", "request_headers"]
+__all__ = ["SeenRequest", "mark_client_gone", "mark_finished", "request_headers", "summary"]
 
 _T = TypeVar("_T")
 
@@ -82,3 +82,18 @@ def mark_finished(seen: SeenRequest) -> None:
     """Record that the handler for this request has ended."""
     seen.finished_at = time.monotonic()
     seen.finished.set()
+
+
+def summary(seen: SeenRequest) -> dict[str, Any]:
+    """A JSON-ready digest of one record; `user` is the request body's `user` field."""
+    body = seen.body if isinstance(seen.body, dict) else {}
+    return {
+        "user": body.get("user"),
+        "model": seen.model,
+        "status": seen.status,
+        "chunks_sent": seen.chunks_sent,
+        "received_at": seen.received_at,
+        "first_chunk_at": seen.first_chunk_at,
+        "client_gone_at": seen.client_gone_at,
+        "finished_at": seen.finished_at,
+    }

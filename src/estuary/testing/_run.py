@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ._scenario import Scenario
 from ._server import FakeUpstream
@@ -25,22 +25,32 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_fake_upstream(
-    host: str, port: int, default: Scenario, *, api_key: str | None = None
+    host: str,
+    port: int,
+    default: Scenario,
+    *,
+    api_key: str | None = None,
+    control: bool = False,
+    scripts: Mapping[str, Scenario] | None = None,
 ) -> None:
     """Serve a `FakeUpstream` on `host:port` (uvloop when installed) until SIGINT or SIGTERM.
 
     Prints `fake upstream listening on http://<host>:<port>/v1` once it accepts connections.
+    With `control`, it records requests and serves them at `GET /_fake/requests` (cleared by
+    `DELETE`), for a benchmark in another process. `scripts` maps model names to scenarios.
     """
+    fake = FakeUpstream(default, api_key=api_key, record_requests=False, control=control)
+    for model, scenario in (scripts or {}).items():
+        fake.script(model, scenario)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(host, port, default, api_key))
+        runner.run(_serve(fake, host, port))
 
 
-async def _serve(host: str, port: int, default: Scenario, api_key: str | None) -> None:
+async def _serve(fake: FakeUpstream, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    fake = FakeUpstream(default, api_key=api_key, record_requests=False)
     await fake.start(host, port)
     try:
         sys.stdout.write(f"fake upstream listening on {fake.base_url}\n")

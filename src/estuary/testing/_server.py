@@ -18,7 +18,7 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
-from ._record import SeenRequest, mark_client_gone, mark_finished, request_headers
+from ._record import SeenRequest, mark_client_gone, mark_finished, request_headers, summary
 from ._scenario import Scenario
 from ._stream import pause, send_stream
 from ._wire import (
@@ -70,11 +70,14 @@ class FakeUpstream:
         *,
         api_key: str | None = None,
         record_requests: bool = True,
+        control: bool = False,
     ) -> None:
         self._default = default if default is not None else Scenario()
         self._api_key = api_key
         # A long-running fake (the CLI, the benchmark) would otherwise keep every request.
-        self._record_requests = record_requests
+        self._record_requests = record_requests or control
+        # The benchmark, in another process, reads and clears the records over HTTP.
+        self._control = control
         self._queue: deque[Scenario] = deque()
         self._scripts: dict[str, Scenario] = {}
         self._requests: list[SeenRequest] = []
@@ -92,6 +95,9 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._legacy)
         app.router.add_get("/v1/models", self._models)
+        if self._control:
+            app.router.add_get("/_fake/requests", self._list_requests)
+            app.router.add_delete("/_fake/requests", self._clear_requests)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
@@ -177,6 +183,15 @@ class FakeUpstream:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return await self._track(request, self._models_answer)
+
+    async def _list_requests(self, request: web.Request) -> web.Response:
+        """The records as JSON, for a benchmark in another process (`control=True` only)."""
+        rows = [summary(seen) for seen in self._requests]
+        return web.Response(body=orjson.dumps(rows), content_type=_JSON)
+
+    async def _clear_requests(self, request: web.Request) -> web.Response:
+        self._requests.clear()
+        return web.Response(status=204)
 
     async def _unknown(self, request: web.Request) -> web.StreamResponse:
         return await self._track(request, self._unknown_answer)
