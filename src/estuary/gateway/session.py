@@ -116,7 +116,7 @@ class StreamSession:
         request_id: str,
         route: Route,
         request: UpstreamRequest,
-        canceled: asyncio.Event,
+        canceled: asyncio.Future[None],
         started: float,
         clock: Callable[[], float],
         finish: Callable[[SettledRow], Awaitable[None]],
@@ -194,6 +194,7 @@ class StreamSession:
         await self._finish(row)
         _log.info(
             "stream.end",
+            logger="estuary.gateway",
             request_id=row.request_id,
             alias=self.route.alias,
             provider=row.provider,

@@ -3,12 +3,12 @@ leaves still cancels it), collected here, and sent as one OpenAI JSON object."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import aclosing
 from typing import Any, Final
 
-import anyio
 import orjson
 from starlette.types import Receive, Scope, Send
 
@@ -17,6 +17,7 @@ from estuary.core.events import ReasoningDelta, StreamEnd, TextDelta, ToolCall
 from estuary.core.requests import ChatRequest
 from estuary.core.usage import TokenCount
 from estuary.gateway.session import Outcome, StreamSession
+from estuary.http.stopper import Stopper
 from estuary.http.streaming import error_messages
 
 __all__ = ["CollectedResponse"]
@@ -39,10 +40,13 @@ class CollectedResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = Outcome(status="canceled", finish_reason="client_disconnected")
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._watch_disconnect, receive, tasks.cancel_scope)
-                await self._collect()
-                tasks.cancel_scope.cancel()
+            async with asyncio.TaskGroup() as tasks:
+                stopper = Stopper()
+                watcher = tasks.create_task(self._watch_disconnect(receive, stopper))
+                try:
+                    await stopper.run(self._collect())
+                finally:
+                    watcher.cancel()
             if self._client_left:
                 return
             if self._failure is not None:
@@ -65,8 +69,7 @@ class CollectedResponse:
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._session.settle(outcome)
+            await asyncio.shield(self._session.settle(outcome))
 
     async def _collect(self) -> None:
         try:
@@ -89,11 +92,10 @@ class CollectedResponse:
             _log.exception("request %s failed", self._session.request_id)
             self._failure = EstuaryError("internal error while collecting the answer")
 
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, stopper: Stopper) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self._client_left = True
-        scope.cancel()
+        self._client_left = stopper.stop()
 
     def _body(self, tokens: TokenCount) -> dict[str, Any]:
         session = self._session

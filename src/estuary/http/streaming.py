@@ -1,16 +1,20 @@
 """The streaming response: one admitted session relayed to one client, whatever the format.
 
-Per stream, four activities run in one task group (diagram in docs/architecture.md):
+Per stream (diagram in docs/architecture.md):
 
 - the **pump** (the request's own task) pulls events from the session — upstream, fallback and
   accounting — encodes each and writes it at once;
-- the **disconnect watcher** waits for `http.disconnect` and cancels the pump;
-- the **cancel watcher** waits for the session's cancel signal and cancels the pump;
-- the **ticker** commits the response headers if nothing arrived within the header hold, then
-  writes a heartbeat comment whenever the stream has been silent for `heartbeat_s`.
+- the **disconnect watcher** (the one extra task) waits for `http.disconnect` and stops the pump;
+- the session's **cancel signal** (a future) stops the pump from its done-callback;
+- a **timer** commits the response headers if nothing arrived within the header hold, then starts
+  a heartbeat write whenever the stream has been silent for `heartbeat_s`.
+
+Timers and callbacks instead of tasks keep the per-stream cost low: one task besides the
+request's own. "Stops the pump" means `Stopper`: the request's task is interrupted where it
+waits, and carries on to write the terminal event.
 
 Response headers are held until the first upstream event, so a failure before it — after every
-fallback — is a real HTTP error. Cancelling the pump closes the event generators under `aclosing`,
+fallback — is a real HTTP error. Stopping the pump closes the event generators under `aclosing`,
 which closes the upstream connection. After the pump, exactly one terminal message is written
 (none to a client that left), the body is ended, and the ledger row is settled, shielded from
 cancellation so that no row is left open.
@@ -24,7 +28,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import anyio
 import orjson
 from starlette.types import Receive, Scope, Send
 
@@ -32,6 +35,7 @@ from estuary.core.errors import EstuaryError
 from estuary.core.events import StreamEnd, StreamStart
 from estuary.gateway.session import Outcome, StreamSession
 from estuary.http.encoders import Encoder, error_body
+from estuary.http.stopper import Stopper
 
 __all__ = [
     "SERVER_SEND",
@@ -86,10 +90,12 @@ class StreamResponse:
         self._encoder = encoder
         self._settings = settings
         self._lock = asyncio.Lock()
-        self._pump_scope = anyio.CancelScope()
+        self._loop = asyncio.get_running_loop()
         self._send: Send | None = None
         self._body_send: Send | None = None
-        self._clock = asyncio.get_running_loop().time
+        self._tasks: asyncio.TaskGroup | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopper: Stopper | None = None
         self._committed = False
         self._last_write = 0.0
         self._stopped_by: Literal["client", "cancel"] | None = None
@@ -100,19 +106,23 @@ class StreamResponse:
         self._send = send
         # Body chunks may skip the framework's send wrappers: they only look at the response start.
         self._body_send = scope.get(SERVER_SEND, send)
-        self._last_write = self._clock()
+        self._last_write = self._loop.time()
+        canceled = self._session.canceled
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._watch_disconnect, receive)
-                tasks.start_soon(self._watch_cancel)
-                tasks.start_soon(self._tick)
-                with self._pump_scope:
-                    await self._pump()
-                tasks.cancel_scope.cancel()
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks, self._stopper = tasks, Stopper()
+                watcher = tasks.create_task(self._watch_disconnect(receive))
+                canceled.add_done_callback(self._on_cancel)
+                self._timer = self._loop.call_later(self._settings.header_hold_s, self._on_hold)
+                try:
+                    await self._stopper.run(self._pump())
+                finally:
+                    self._timer.cancel()
+                    canceled.remove_done_callback(self._on_cancel)
+                    watcher.cancel()
             await self._end()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._session.settle(self._outcome())
+            await asyncio.shield(self._session.settle(self._outcome()))
 
     async def _pump(self) -> None:
         encode = self._encoder.event
@@ -140,7 +150,7 @@ class StreamResponse:
                 await self._body_send(
                     {"type": "http.response.body", "body": data, "more_body": True}
                 )
-            self._last_write = self._clock()
+            self._last_write = self._loop.time()
 
     async def _commit(self) -> None:
         assert self._send is not None
@@ -177,31 +187,35 @@ class StreamResponse:
         return Outcome(status="completed", finish_reason=self._finish_reason)
 
     def _stop(self, by: Literal["client", "cancel"]) -> None:
-        if self._stopped_by is None and self._failure is None:
+        assert self._stopper is not None
+        if self._failure is None and self._stopper.stop():
             self._stopped_by = by
-        self._pump_scope.cancel()
+
+    def _on_cancel(self, _: object) -> None:
+        self._stop("cancel")
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         self._stop("client")
 
-    async def _watch_cancel(self) -> None:
-        await self._session.canceled.wait()
-        self._stop("cancel")
+    def _spawn_write(self, data: bytes) -> None:
+        assert self._tasks is not None
+        self._tasks.create_task(self._write(data))
 
-    async def _tick(self) -> None:
-        """Commit the headers after the hold, then keep a silent stream alive with heartbeats."""
-        await anyio.sleep(self._settings.header_hold_s)
+    def _on_hold(self) -> None:
+        """The hold is over: commit the headers now, then keep a silent stream alive."""
         heartbeat = self._encoder.heartbeat
         if not self._committed:
-            await self._write(heartbeat or b"")
-        if heartbeat is None:
-            return
+            self._spawn_write(heartbeat or b"")
+        if heartbeat is not None:
+            self._timer = self._loop.call_later(self._settings.heartbeat_s, self._on_tick)
+
+    def _on_tick(self) -> None:
         interval = self._settings.heartbeat_s
-        while True:
-            idle = self._clock() - self._last_write
-            if idle >= interval:
-                await self._write(heartbeat)
-                idle = 0.0
-            await anyio.sleep(interval - idle)
+        idle = self._loop.time() - self._last_write
+        if idle >= interval:
+            assert self._encoder.heartbeat is not None
+            self._spawn_write(self._encoder.heartbeat)
+            idle = 0.0
+        self._timer = self._loop.call_later(interval - idle, self._on_tick)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, Mapping
 from typing import Final, Literal
 
@@ -29,6 +30,13 @@ __all__ = ["OpenAIProvider"]
 _MAX_ERROR_BODY: Final = 16 * 1024
 _READ_SIZE: Final = 64 * 1024
 _DRAIN_S: Final = 0.5
+_SKIP_HEADERS: Final = frozenset({"User-Agent"})
+
+
+@functools.cache
+def _connect_timeout(connect_s: float) -> aiohttp.ClientTimeout:
+    """Timeouts are immutable: one object per distinct value, not one per request."""
+    return aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
 
 
 class OpenAIProvider:
@@ -47,7 +55,11 @@ class OpenAIProvider:
         self._name = name
         self._base_url = base_url.rstrip("/")
         self._pool = pool
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "estuary",
+            **(headers or {}),
+        }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._redact = (redact or Redactor()).extended([api_key] if api_key else [])
@@ -94,9 +106,12 @@ class OpenAIProvider:
                 response.close()  # left early (cancel, disconnect, error): abort the upstream
 
     async def _post(self, path: str, body: bytes, connect_s: float) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
         return await self._pool.session.post(
-            self._base_url + path, data=body, headers=self._headers, timeout=timeout
+            self._base_url + path,
+            data=body,
+            headers=self._headers,
+            timeout=_connect_timeout(connect_s),
+            skip_auto_headers=_SKIP_HEADERS,
         )
 
     async def _first_events(

@@ -16,8 +16,12 @@ CancelResult = Literal["canceled", "not_found", "finished"]
 class StateStore(Protocol):
     """Cancel signals for running streams, and single-use tickets."""
 
-    async def register_stream(self, request_id: str, owner: str) -> asyncio.Event:
-        """Record a running stream; the returned event is set when someone cancels it."""
+    async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
+        """Record a running stream; the returned future completes when someone cancels it.
+
+        A future rather than an event: the stream reacts in a done-callback, with no task
+        waiting per stream.
+        """
         ...
 
     async def finish_stream(self, request_id: str) -> None:

@@ -18,7 +18,9 @@ __all__ = ["MemoryState"]
 @dataclass(slots=True)
 class _Stream:
     owner: str
-    canceled: asyncio.Event = field(default_factory=asyncio.Event)
+    canceled: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     finished_at: float | None = None
 
 
@@ -34,7 +36,7 @@ class MemoryState:
         self._tickets: dict[str, tuple[float, bytes]] = {}
         self._next_sweep = clock() + keep_s
 
-    async def register_stream(self, request_id: str, owner: str) -> asyncio.Event:
+    async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
         self._sweep()
         stream = self._streams[request_id] = _Stream(owner)
         return stream.canceled
@@ -49,7 +51,8 @@ class MemoryState:
             return "not_found"
         if stream.finished_at is not None:
             return "finished"
-        stream.canceled.set()
+        if not stream.canceled.done():
+            stream.canceled.set_result(None)
         return "canceled"
 
     async def put_ticket(self, ticket: str, payload: bytes, ttl_s: float) -> None:
