@@ -109,7 +109,7 @@ def bench(
     from estuary.bench.harness import BenchPlan, Measurement, run_benchmark
     from estuary.bench.report import markdown, print_tables, summarize
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=200)
     plan = BenchPlan(targets=tuple(t.strip() for t in targets.split(",") if t.strip()), workdir=out)
     if quick:
         plan = BenchPlan(

@@ -103,7 +103,7 @@ class OpenAIProvider:
             raise UpstreamError(self._name, connection_failure(exc)) from None
         finally:
             if response is not None and not response.closed:
-                response.close()  # left early (cancel, disconnect, error): abort the upstream
+                _abort(response)  # left early (cancel, disconnect, error)
 
     async def _post(self, path: str, body: bytes, connect_s: float) -> aiohttp.ClientResponse:
         return await self._pool.session.post(
@@ -144,6 +144,18 @@ class OpenAIProvider:
                     yield event
         finally:
             watchdog.cancel()
+
+
+def _abort(response: aiohttp.ClientResponse) -> None:
+    """Reset the upstream connection rather than close it politely.
+
+    A FIN only says "I will send no more"; many servers notice it only at their next write, one
+    token later. A reset tells them at once that nobody is reading, so they stop generating.
+    """
+    connection = response.connection
+    if connection is not None and connection.transport is not None:
+        connection.transport.abort()
+    response.close()
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
