@@ -26,7 +26,7 @@ from estuary.ledger.memory import MemoryLedger
 from estuary.providers.base import Provider, Timeouts
 from estuary.providers.demo import DemoProvider
 from estuary.providers.openai import OpenAIProvider
-from estuary.providers.pool import HttpPool
+from estuary.providers.upstream_http import UpstreamPool
 from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
@@ -39,7 +39,7 @@ class Runtime:
     """The long-lived objects of one server process."""
 
     services: Services
-    pool: HttpPool
+    pool: UpstreamPool
     providers: dict[str, Provider]
     ledger: LedgerStore
     state: StateStore
@@ -48,7 +48,7 @@ class Runtime:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
-        await self.pool.aclose()
+        self.pool.close()
         await self.ledger.aclose()
         await self.state.aclose()
 
@@ -58,7 +58,7 @@ def build_runtime(
 ) -> Runtime:
     """Build every service from `config`; stores may be injected (tests use the memory ones)."""
     redactor = Redactor(secret_values(config))
-    pool = HttpPool()
+    pool = UpstreamPool()
     providers = {
         name: _provider(name, provider, pool, redactor)
         for name, provider in config.providers.items()
@@ -110,7 +110,9 @@ def build_app(runtime: Runtime) -> ASGIApp:
     return create_app(runtime.services, lifespan=lifespan)
 
 
-def _provider(name: str, config: ProviderConfig, pool: HttpPool, redactor: Redactor) -> Provider:
+def _provider(
+    name: str, config: ProviderConfig, pool: UpstreamPool, redactor: Redactor
+) -> Provider:
     if config.format == "demo":
         return DemoProvider(name)
     if config.format == "openai":

@@ -7,7 +7,6 @@ Must not import the HTTP layer, routing or storage.
 
 from __future__ import annotations
 
-import aiohttp
 import orjson
 
 from estuary.core.errors import (
@@ -68,8 +67,8 @@ def _message(body: bytes) -> str:
 
 def connection_failure(exc: BaseException) -> str:
     """A plain description of a transport failure (never the exception's text: it may hold URLs)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "could not connect to the upstream"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, ConnectionRefusedError):
+        return "could not connect to the upstream (connection refused)"
+    if isinstance(exc, ConnectionError):
         return "the upstream closed the connection before the answer was complete"
-    return f"the connection to the upstream failed ({type(exc).__name__})"
+    return f"could not reach the upstream ({type(exc).__name__})"
