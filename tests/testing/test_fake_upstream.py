@@ -550,3 +550,21 @@ async def test_run_fake_upstream_serves_until_sigterm(session: aiohttp.ClientSes
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_control_endpoints_list_and_clear_records() -> None:
+    """With `control=True`, another process can read the records over HTTP and clear them."""
+    async with FakeUpstream(Scenario(tokens=2), control=True) as fake:
+        base = f"http://127.0.0.1:{fake.port}"
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+            async with http.post(f"{base}/v1/chat/completions", json={**body, "user": "u-1"}) as r:
+                await r.read()
+            async with http.get(f"{base}/_fake/requests") as r:
+                (record,) = await r.json()
+            assert (record["user"], record["chunks_sent"], record["status"]) == ("u-1", 2, 200)
+            assert record["client_gone_at"] is None
+            async with http.delete(f"{base}/_fake/requests") as r:
+                assert r.status == 204
+            async with http.get(f"{base}/_fake/requests") as r:
+                assert await r.json() == []
