@@ -33,6 +33,7 @@ test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
+	bench/peers/setup.sh
 	$(BIN)/estuary bench $(ARGS)
 
 clean:

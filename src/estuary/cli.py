@@ -10,7 +10,7 @@ import uvicorn
 
 from estuary.config import ConfigError, load_config
 from estuary.logs import configure_logging
-from estuary.server import build_app, build_runtime
+from estuary.server import build_app, build_runtime, tune_gc
 from estuary.testing import Scenario, run_fake_upstream
 
 __all__ = ["app", "main"]
@@ -48,8 +48,10 @@ def serve(
     typer.echo(f"Estuary on {where}  (models: {', '.join(settings.models)})", err=True)
     if config is None:
         typer.echo(f"Try: curl -N '{where}/api/chat/stream?message=hi'", err=True)
+    app = build_app(runtime)
+    tune_gc()
     uvicorn.run(
-        build_app(runtime),
+        app,
         host=server.host,
         port=server.port,
         loop="uvloop",

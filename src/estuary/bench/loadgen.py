@@ -38,7 +38,8 @@ class Target:
         """One complete HTTP/1.1 request; `user` tags it so the upstream's record can be matched."""
         payload: dict[str, object] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": "Write a short poem about rivers."}],
+            # The tag survives gateways that drop `user`; the fake upstream reads either.
+            "messages": [{"role": "user", "content": f"Write a short poem about rivers. [{user}]"}],
             "stream": True,
             "user": user,
         }

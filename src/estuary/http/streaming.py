@@ -97,6 +97,7 @@ class StreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         self._stopper: Stopper | None = None
         self._committed = False
+        self._held = b""  # the start event, waiting to go out with the first token
         self._last_write = 0.0
         self._stopped_by: Literal["client", "cancel"] | None = None
         self._failure: EstuaryError | None = None
@@ -131,10 +132,11 @@ class StreamResponse:
                 async for event in events:
                     if type(event) is StreamEnd:
                         self._finish_reason = event.reason
+                    elif type(event) is StreamStart:
+                        # The first token follows at once: send both in one write, not two.
+                        self._held = encode(event)
                     elif data := encode(event):
                         await self._write(data)
-                    elif type(event) is StreamStart:
-                        await self._write(b"")  # the upstream answered: commit the headers
         except EstuaryError as exc:
             self._failure = exc
         except Exception:
@@ -142,6 +144,8 @@ class StreamResponse:
             self._failure = EstuaryError("internal error while streaming")
 
     async def _write(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
         async with self._lock:
             if not self._committed:
                 await self._commit()

@@ -85,10 +85,14 @@ def mark_finished(seen: SeenRequest) -> None:
 
 
 def summary(seen: SeenRequest) -> dict[str, Any]:
-    """A JSON-ready digest of one record; `user` is the request body's `user` field."""
+    """A JSON-ready digest of one record.
+
+    `user` is the body's `user` field or, for gateways that drop it, a `[tag]` ending the last
+    message — how a benchmark matches its requests with what the upstream saw.
+    """
     body = seen.body if isinstance(seen.body, dict) else {}
     return {
-        "user": body.get("user"),
+        "user": body.get("user") or _tag(body),
         "model": seen.model,
         "status": seen.status,
         "chunks_sent": seen.chunks_sent,
@@ -97,3 +101,13 @@ def summary(seen: SeenRequest) -> dict[str, Any]:
         "client_gone_at": seen.client_gone_at,
         "finished_at": seen.finished_at,
     }
+
+
+def _tag(body: dict[str, Any]) -> str | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    content = messages[-1].get("content")
+    if isinstance(content, str) and content.endswith("]") and "[" in content:
+        return content[content.rindex("[") + 1 : -1]
+    return None
