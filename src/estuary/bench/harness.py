@@ -36,6 +36,7 @@ GATEWAY_KEY: Final = "sk-est-bench-key"
 TOKENS: Final = 50
 LONG_TOKENS: Final = 2000
 CANCEL_AFTER: Final = 5
+STREAM_S: Final = 0.1 + 0.02 * (TOKENS - 1)  # how long one standard stream lasts
 PORTS: Final = MappingProxyType({"estuary": 9200, "litellm": 9300, "portkey": 9400})
 
 Drive = Callable[[], Awaitable[list[StreamResult]]]
@@ -108,6 +109,7 @@ async def _scenarios(
     tag = target.name
     long = Target(**{**_fields(target), "model": "long-model"})
     await run_sequential(target, count=3, tag=f"{tag}-warmup")
+    spread = STREAM_S  # arrivals spread over one stream's length, as users' are
     steps: list[tuple[str, int, Drive, int]] = [
         (
             "latency",
@@ -120,11 +122,24 @@ async def _scenarios(
                 f"c{n}",
                 n,
                 partial(
-                    run_closed_loop, target, concurrency=n, total=n * plan.rounds, tag=f"{tag}-c{n}"
+                    run_closed_loop,
+                    target,
+                    concurrency=n,
+                    total=n * plan.rounds,
+                    tag=f"{tag}-c{n}",
+                    stagger_s=spread,
                 ),
                 TOKENS,
             )
             for n in plan.concurrency
+        ),
+        (
+            "c200-burst",
+            200,
+            partial(
+                run_closed_loop, target, concurrency=200, total=200 * plan.rounds, tag=f"{tag}-b"
+            ),
+            TOKENS,
         ),
         (
             "long",
@@ -148,6 +163,7 @@ async def _scenarios(
                 total=plan.cancel_streams,
                 tag=f"{tag}-cancel",
                 close_after=CANCEL_AFTER,
+                stagger_s=spread,
             ),
             CANCEL_AFTER,
         ),

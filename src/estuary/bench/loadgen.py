@@ -177,18 +177,25 @@ async def run_closed_loop(
     tag: str,
     close_after: int | None = None,
     max_tokens: int | None = None,
+    stagger_s: float = 0.0,
 ) -> list[StreamResult]:
-    """`concurrency` clients each run streams back to back until `total` have run."""
+    """`concurrency` clients each run streams back to back until `total` have run.
+
+    With `stagger_s`, client i starts after i × stagger_s / concurrency seconds, so arrivals are
+    spread the way users' are; without it every client starts at once (a burst).
+    """
     results: list[StreamResult] = []
     counter = iter(range(total))
+    clients = min(concurrency, total)
 
-    async def client() -> None:
+    async def client(delay: float) -> None:
+        await asyncio.sleep(delay)
         for n in counter:
             results.append(await _one(target, f"{tag}-{n}", close_after, max_tokens))
 
     async with asyncio.TaskGroup() as tasks:
-        for _ in range(min(concurrency, total)):
-            tasks.create_task(client())
+        for i in range(clients):
+            tasks.create_task(client(i * stagger_s / clients))
     return results
 
 
