@@ -34,6 +34,7 @@ __all__ = [
 SSE_MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
 TEXT_MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 _PING: Final = encode_comment("ping")
+_APP_CONTENT: Final = b'%s%d\ndata: {"type":"content","content":%s}\n\n'
 
 
 def error_body(error: EstuaryError) -> dict[str, Any]:
@@ -68,9 +69,10 @@ class AppSSEEncoder:
         self._started = False
 
     def event(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta:  # the token path: no dict, one small dumps
+            self._seq += 1
+            return _APP_CONTENT % (self._prefix, self._seq, orjson.dumps(event.text))
         match event:
-            case TextDelta(text=text):
-                return self._message({"type": "content", "content": text})
             case ReasoningDelta(text=text):
                 return self._message({"type": "reasoning", "content": text})
             case ToolCall():
@@ -141,12 +143,17 @@ class _OpenAIStream:
     media_type = SSE_MEDIA_TYPE
     heartbeat: bytes | None = _PING
     _object: str
+    _text_choice_open: bytes
+    _text_choice_close: bytes
 
     def __init__(self, request_id: str, alias: str, *, include_usage: bool, id_prefix: str) -> None:
         self._head = {"id": id_prefix + request_id, "object": self._object, "created": 0}
         self._head["created"] = int(time.time())
         self._head["model"] = alias
         self._include_usage = include_usage
+        # The bytes around a text delta, encoded once: the token path only encodes the text.
+        self._text_open = b"data: " + orjson.dumps(self._head)[:-1] + self._text_choice_open
+        self._text_close = self._text_choice_close
 
     def _chunk(self, choice: dict[str, Any]) -> bytes:
         return b"data: %s\n\n" % orjson.dumps({**self._head, "choices": [choice]})
@@ -173,14 +180,16 @@ class OpenAIChatEncoder(_OpenAIStream):
     """`chat.completion.chunk` messages, as OpenAI streams them."""
 
     _object = "chat.completion.chunk"
+    _text_choice_open = b',"choices":[{"index":0,"delta":{"content":'
+    _text_choice_close = b'},"finish_reason":null}]}\n\n'
 
     def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
         super().__init__(request_id, alias, include_usage=include_usage, id_prefix="chatcmpl-")
 
     def event(self, event: StreamEvent) -> bytes:
+        if type(event) is TextDelta:  # the token path
+            return self._text_open + orjson.dumps(event.text) + self._text_close
         match event:
-            case TextDelta(text=text):
-                return self._delta({"content": text})
             case ReasoningDelta(text=text):
                 return self._delta({"reasoning_content": text})
             case ToolCall():
@@ -208,15 +217,15 @@ class OpenAICompletionEncoder(_OpenAIStream):
     """Legacy `text_completion` messages."""
 
     _object = "text_completion"
+    _text_choice_open = b',"choices":[{"index":0,"text":'
+    _text_choice_close = b',"finish_reason":null,"logprobs":null}]}\n\n'
 
     def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
         super().__init__(request_id, alias, include_usage=include_usage, id_prefix="cmpl-")
 
     def event(self, event: StreamEvent) -> bytes:
         if type(event) is TextDelta:
-            return self._chunk(
-                {"index": 0, "text": event.text, "finish_reason": None, "logprobs": None}
-            )
+            return self._text_open + orjson.dumps(event.text) + self._text_close
         return b""
 
     def _finish_chunk(self, finish_reason: str) -> bytes:
