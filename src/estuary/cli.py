@@ -10,7 +10,7 @@ import uvicorn
 
 from estuary.config import ConfigError, load_config
 from estuary.logs import configure_logging
-from estuary.server import build_app, build_runtime, tune_gc
+from estuary.server import LEDGER_NOTICE, build_app, build_runtime, tune_gc
 from estuary.testing import Scenario, run_fake_upstream
 
 __all__ = ["app", "main"]
@@ -41,11 +41,16 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"estuary: {exc}", err=True)
         raise typer.Exit(2) from None
-    runtime = build_runtime(settings)
+    try:
+        runtime = build_runtime(settings)
+    except NotImplementedError as exc:
+        typer.echo(f"estuary: {exc}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.server.log_level, runtime.redactor)
     server = settings.server
     where = f"http://{server.host}:{server.port}"
     typer.echo(f"Estuary on {where}  (models: {', '.join(settings.models)})", err=True)
+    typer.echo(f"Note: {LEDGER_NOTICE}", err=True)
     if config is None:
         typer.echo(f"Try: curl -N '{where}/api/chat/stream?message=hi'", err=True)
     app = build_app(runtime)

@@ -10,6 +10,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Final
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -32,7 +33,12 @@ from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
 
-__all__ = ["Runtime", "build_app", "build_runtime", "tune_gc"]
+__all__ = ["LEDGER_NOTICE", "Runtime", "build_app", "build_runtime", "tune_gc"]
+
+LEDGER_NOTICE: Final = (
+    "usage rows are kept in memory in this version; [ledger] url is not used yet"
+    " (SQLite and PostgreSQL stores come with the billing work)"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +63,16 @@ class Runtime:
 def build_runtime(
     config: Config, *, ledger: LedgerStore | None = None, state: StateStore | None = None
 ) -> Runtime:
-    """Build every service from `config`; stores may be injected (tests use the memory ones)."""
+    """Build every service from `config`; stores may be injected (tests use the memory ones).
+
+    Raises `NotImplementedError` for a `[state] url` this version cannot honour, rather than
+    silently running with per-process state.
+    """
+    if state is None and config.state.url != "memory://":
+        raise NotImplementedError(
+            f"[state] url = '{config.state.url}': only memory:// is available in this version"
+            " (Redis comes with the scale-out work)"
+        )
     redactor = Redactor(secret_values(config))
     pool = UpstreamPool()
     providers = {
