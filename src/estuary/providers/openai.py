@@ -76,18 +76,16 @@ class OpenAIProvider:
     async def stream(
         self, request: UpstreamRequest, model: str, timeouts: Timeouts
     ) -> AsyncGenerator[StreamEvent, None]:
-        kind: Literal["chat", "completion"]
-        if isinstance(request, ChatRequest):
-            kind, path, body = "chat", "/chat/completions", chat_body(request, model)
-        else:
-            kind, path, body = "completion", "/completions", completion_body(request, model)
+        kind: Literal["chat", "completion"] = (
+            "chat" if isinstance(request, ChatRequest) else "completion"
+        )
         parser = OpenAIStreamParser(self._name, kind=kind, redact=self._redact)
-        wire = self._heads[path] + b"Content-Length: %d\r\n\r\n" % len(body) + body
         response: UpstreamResponse | None = None
         phase = "no answer within the first-token timeout"
         try:
             async with asyncio.timeout(timeouts.first_token_s):
-                response = await self._open(wire, timeouts.connect_s)
+                # The request bytes are not kept in this frame: a stream lives long, they don't.
+                response = await self._open(self._wire(request, model), timeouts.connect_s)
                 first = await self._first_events(response, parser)
             phase = f"no data for {timeouts.idle_s:g} s"
             yield StreamStart(provider=self._name, model=model)
@@ -106,6 +104,14 @@ class OpenAIProvider:
         finally:
             if response is not None:
                 response.abort()  # left early (cancel, disconnect, error)
+
+    def _wire(self, request: UpstreamRequest, model: str) -> bytes:
+        """The whole HTTP request: the pre-encoded head, its length, the JSON body."""
+        if isinstance(request, ChatRequest):
+            head, body = self._heads["/chat/completions"], chat_body(request, model)
+        else:
+            head, body = self._heads["/completions"], completion_body(request, model)
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     async def _open(self, wire: bytes, connect_s: float) -> UpstreamResponse:
         """Send the request and wait for the response headers.

@@ -13,7 +13,6 @@ Must not import the HTTP layer, routing or storage.
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl
 import time
 import zlib
@@ -66,7 +65,7 @@ class UpstreamResponse(asyncio.Protocol):
         self.endpoint = endpoint
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []  # rarely more than one: a list is ~1/10 of a deque
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._exception: BaseException | None = None
