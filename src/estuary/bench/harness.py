@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import resource
 import sys
@@ -107,7 +108,7 @@ async def _scenarios(
 ) -> list[Measurement]:
     target = running.target
     tag = target.name
-    long = Target(**{**_fields(target), "model": "long-model"})
+    long = dataclasses.replace(target, model="long-model")
     await run_sequential(target, count=3, tag=f"{tag}-warmup")
     spread = STREAM_S  # arrivals spread over one stream's length, as users' are
     steps: list[tuple[str, int, Drive, int]] = [
@@ -175,10 +176,6 @@ async def _scenarios(
             await _measure(running, scenario, concurrency, upstream, drive, expected=expected)
         )
     return out
-
-
-def _fields(target: Target) -> dict[str, Any]:
-    return {f: getattr(target, f) for f in ("name", "host", "port", "path", "model", "headers")}
 
 
 async def _measure(

@@ -146,8 +146,10 @@ class _OpenAIStream:
     _text_choice_open: bytes
     _text_choice_close: bytes
 
-    def __init__(self, request_id: str, alias: str, *, include_usage: bool, id_prefix: str) -> None:
-        self._head = {"id": id_prefix + request_id, "object": self._object, "created": 0}
+    _id_prefix: str
+
+    def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
+        self._head = {"id": self._id_prefix + request_id, "object": self._object, "created": 0}
         self._head["created"] = int(time.time())
         self._head["model"] = alias
         self._include_usage = include_usage
@@ -180,11 +182,9 @@ class OpenAIChatEncoder(_OpenAIStream):
     """`chat.completion.chunk` messages, as OpenAI streams them."""
 
     _object = "chat.completion.chunk"
+    _id_prefix = "chatcmpl-"
     _text_choice_open = b',"choices":[{"index":0,"delta":{"content":'
     _text_choice_close = b'},"finish_reason":null}]}\n\n'
-
-    def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
-        super().__init__(request_id, alias, include_usage=include_usage, id_prefix="chatcmpl-")
 
     def event(self, event: StreamEvent) -> bytes:
         if type(event) is TextDelta:  # the token path
@@ -217,11 +217,9 @@ class OpenAICompletionEncoder(_OpenAIStream):
     """Legacy `text_completion` messages."""
 
     _object = "text_completion"
+    _id_prefix = "cmpl-"
     _text_choice_open = b',"choices":[{"index":0,"text":'
     _text_choice_close = b',"finish_reason":null,"logprobs":null}]}\n\n'
-
-    def __init__(self, request_id: str, alias: str, *, include_usage: bool) -> None:
-        super().__init__(request_id, alias, include_usage=include_usage, id_prefix="cmpl-")
 
     def event(self, event: StreamEvent) -> bytes:
         if type(event) is TextDelta:

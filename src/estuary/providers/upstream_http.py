@@ -63,21 +63,26 @@ class UpstreamResponse(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
         self._pool = pool
         self.endpoint = endpoint
-        self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._chunks: list[bytes] = []  # rarely more than one: a list is ~1/10 of a deque
-        self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
+        self.total_bytes = 0
+        self.reused = False
+        self.last_used = 0.0
+        self._start_response()
+
+    def _start_response(self) -> None:
+        """The per-response state: fresh for each request on this connection."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks.clear()
+        self._buffered = 0
         self._exception: BaseException | None = None
         self._decoder: zlib._Decompress | None = None
         self._keep_alive = False
         self.headers: dict[str, str] = {}
         self.status = 0
-        self.total_bytes = 0
         self.headers_done = False
         self.complete = False
-        self.reused = False
-        self.last_used = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -176,14 +181,7 @@ class UpstreamResponse(asyncio.Protocol):
         return self._transport is not None and not self._transport.is_closing()
 
     def reset_for_reuse(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self._chunks.clear()
-        self._buffered = 0
-        self._exception = None
-        self._decoder = None
-        self.headers = {}
-        self.status = 0
-        self.headers_done = self.complete = self._keep_alive = False
+        self._start_response()
         self.reused = True
 
     def _wake(self) -> None:
