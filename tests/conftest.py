@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from estuary.config import load_config
+from estuary.ledger.base import Store
 from estuary.testing import FakeUpstream
 from tests.support import ENVIRON, UPSTREAM_KEY, RunningGateway, gateway_toml, serve_in_thread
 
@@ -26,12 +27,20 @@ def make_gateway(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..
     """Start gateways with other `[server]` settings; all are stopped after the test."""
     with ExitStack() as stack:
 
-        def start(server: str = "", header_hold_s: float = 0.3) -> RunningGateway:
+        def start(
+            server: str = "",
+            header_hold_s: float = 0.3,
+            extra: str = "",
+            reader: Store | None = None,
+        ) -> RunningGateway:
             path = tmp_path / "estuary.toml"
             path.write_text(
-                gateway_toml(upstream.base_url, header_hold_s=header_hold_s, server=server)
+                gateway_toml(
+                    upstream.base_url, header_hold_s=header_hold_s, server=server, extra=extra
+                )
             )
-            return stack.enter_context(serve_in_thread(load_config(path, environ=ENVIRON)))
+            config = load_config(path, environ=ENVIRON)
+            return stack.enter_context(serve_in_thread(config, reader=reader))
 
         yield start
 

@@ -7,12 +7,15 @@ fake upstream in the test's loop; everything between them and the test client is
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,7 @@ import orjson
 import uvicorn
 
 from estuary.config import Config
+from estuary.ledger.base import LedgerRecord, Store
 from estuary.ledger.memory import LedgerRow, MemoryLedger
 from estuary.server import build_app, build_runtime
 from estuary.sse import SSEDecoder
@@ -27,8 +31,17 @@ from estuary.sse import SSEDecoder
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
 APP_KEY = "sk-est-app-key-for-tests-0000000001"
 OTHER_KEY = "sk-est-other-key-for-tests-00000002"
-ENVIRON = {"UPSTREAM_KEY": UPSTREAM_KEY, "APP_KEY": APP_KEY, "OTHER_KEY": OTHER_KEY}
+ADMIN_KEY = "sk-est-admin-key-for-tests-000000003"
+JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef-0123456789"
+ENVIRON = {
+    "UPSTREAM_KEY": UPSTREAM_KEY,
+    "APP_KEY": APP_KEY,
+    "OTHER_KEY": OTHER_KEY,
+    "ADMIN_KEY": ADMIN_KEY,
+    "JWT_SECRET": JWT_SECRET,
+}
 AUTH = {"Authorization": f"Bearer {APP_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -38,8 +51,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def gateway_toml(upstream_url: str, *, header_hold_s: float = 0.3, server: str = "") -> str:
-    """A config with one fake upstream reachable under several aliases, and a dead one."""
+def gateway_toml(
+    upstream_url: str, *, header_hold_s: float = 0.3, server: str = "", extra: str = ""
+) -> str:
+    """A config with one fake upstream reachable under several aliases, and a dead one.
+
+    `server` adds lines to `[server]`; `extra` adds tables at the end.
+    """
     return f"""
 [server]
 heartbeat_s = 0.2
@@ -48,6 +66,7 @@ header_hold_s = {header_hold_s}
 
 [auth]
 keys = ["${{APP_KEY}}", "${{OTHER_KEY}}"]
+admin_key = "${{ADMIN_KEY}}"
 
 [providers.fake]
 format = "openai"
@@ -76,6 +95,8 @@ idle_timeout_s = 2.0
 
 [models."dead-first"]
 targets = ["dead/nothing", "fake/fake-model"]
+
+{extra}
 """
 
 
@@ -84,13 +105,19 @@ class RunningGateway:
     """A live Estuary server for a test."""
 
     url: str
-    ledger: MemoryLedger
+    ledger: Store  # memory: the server's own; SQL: a second store on the same database
 
-    async def row(self, request_id: str, within_s: float = 5.0) -> LedgerRow:
+    @property
+    def memory_rows(self) -> dict[str, LedgerRow]:
+        """Every row of a server that keeps them in memory (the default here)."""
+        assert isinstance(self.ledger, MemoryLedger)
+        return self.ledger.rows
+
+    async def row(self, request_id: str, within_s: float = 5.0) -> LedgerRecord:
         """The ledger row of `request_id` once it has been settled."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
-            row = self.ledger.rows.get(request_id)
+            row = await self.ledger.get(request_id)
             if row is not None and row.settled is not None:
                 return row
             await asyncio.sleep(0.02)
@@ -98,10 +125,15 @@ class RunningGateway:
 
 
 @contextmanager
-def serve_in_thread(config: Config) -> Iterator[RunningGateway]:
-    """Run Estuary for `config` on a free loopback port until the block exits."""
-    ledger = MemoryLedger()
-    app = build_app(build_runtime(config, ledger=ledger))
+def serve_in_thread(config: Config, *, reader: Store | None = None) -> Iterator[RunningGateway]:
+    """Run Estuary for `config` on a free loopback port until the block exits.
+
+    Without `reader` the server keeps its rows in a `MemoryLedger` the test can read; with one
+    (a store opened by the test on the same database), the server uses `[ledger] url`.
+    """
+    ledger: Store = MemoryLedger() if reader is None else reader
+    runtime = build_runtime(config, ledger=None if reader is not None else ledger)
+    app = build_app(runtime)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -155,3 +187,48 @@ async def read_app_stream(response: aiohttp.ClientResponse) -> Received:
         ids=ids,
         comments=comments,
     )
+
+
+@dataclass
+class ServerProcess:
+    """`estuary serve` in a child process."""
+
+    url: str
+    process: asyncio.subprocess.Process
+
+
+@asynccontextmanager
+async def server_process(
+    config: Path, *, port: int, log_path: Path, cwd: Path
+) -> AsyncIterator[ServerProcess]:
+    """Start `python -m estuary serve --config …` and wait for `/healthz`; stop it afterwards."""
+    command = [sys.executable, "-m", "estuary", "serve", "--config", str(config)]
+    command += ["--port", str(port)]
+    env = {**os.environ, **ENVIRON}
+    with log_path.open("ab") as log:
+        child = await asyncio.create_subprocess_exec(
+            *command, stdout=log, stderr=log, env=env, cwd=cwd
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_up(url, child)
+        yield ServerProcess(url, child)
+    finally:
+        if child.returncode is None:
+            child.terminate()
+            await child.wait()
+
+
+async def wait_until_up(url: str, child: asyncio.subprocess.Process | None = None) -> None:
+    """Poll `/healthz` until it answers 200 (10 s at most)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            if child is not None and child.returncode is not None:
+                raise AssertionError(f"estuary serve exited with {child.returncode}")
+            try:
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("estuary serve did not come up")

@@ -7,8 +7,6 @@ request fail in ways that put the key into upstream error bodies, and searches a
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +15,14 @@ import orjson
 import pytest
 
 from estuary.testing import FakeUpstream, Scenario
-from tests.support import APP_KEY, AUTH, ENVIRON, UPSTREAM_KEY, free_port, gateway_toml
+from tests.support import (
+    APP_KEY,
+    AUTH,
+    UPSTREAM_KEY,
+    free_port,
+    gateway_toml,
+    server_process,
+)
 
 ECHO = "upstream says: your header was Authorization: {authorization}"
 
@@ -25,42 +30,11 @@ ECHO = "upstream says: your header was Authorization: {authorization}"
 @pytest.fixture
 async def server(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """`estuary serve` in a child process; yields its URL and the file its stderr goes to."""
-    port = free_port()
     config = tmp_path / "estuary.toml"
     config.write_text(gateway_toml(upstream.base_url, server='log_level = "debug"'))
     log_path = tmp_path / "stderr.log"
-    env = {**os.environ, **ENVIRON}
-    command = [
-        sys.executable,
-        "-m",
-        "estuary",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
-    with log_path.open("wb") as log:
-        child = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            await _wait_until_up(url)
-            yield url, log_path
-        finally:
-            child.terminate()
-            await child.wait()
-
-
-async def _wait_until_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("estuary serve did not come up")
+    async with server_process(config, port=free_port(), log_path=log_path, cwd=tmp_path) as child:
+        yield child.url, log_path
 
 
 async def test_upstream_key_never_leaks(server: tuple[str, Path], upstream: FakeUpstream) -> None:

@@ -1,4 +1,7 @@
-"""The `estuary` command: serve, fake-upstream (and, with later work, keys, usage, bench)."""
+"""The `estuary` command: serve, keys, usage, fake-upstream and bench.
+
+`keys` and `usage` live in `estuary.commands` and are registered on `app` here.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
+from estuary.commands import keys_app, usage
 from estuary.config import ConfigError, load_config
 from estuary.logs import configure_logging
-from estuary.server import LEDGER_NOTICE, build_app, build_runtime, tune_gc
+from estuary.server import build_app, build_runtime, tune_gc
 from estuary.testing import Scenario, run_fake_upstream
 
 __all__ = ["app", "main"]
@@ -20,6 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Estuary: a self-hosted streaming gateway between apps and upstream LLM APIs.",
 )
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 
 
 @app.command()
@@ -50,7 +56,6 @@ def serve(
     server = settings.server
     where = f"http://{server.host}:{server.port}"
     typer.echo(f"Estuary on {where}  (models: {', '.join(settings.models)})", err=True)
-    typer.echo(f"Note: {LEDGER_NOTICE}", err=True)
     if config is None:
         typer.echo(f"Try: curl -N '{where}/api/chat/stream?message=hi'", err=True)
     app = build_app(runtime)

@@ -30,13 +30,17 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "JWTConfig",
     "LedgerConfig",
+    "LimitsConfig",
     "ModelConfig",
     "PriceConfig",
     "ProviderConfig",
     "ServerConfig",
     "StateConfig",
     "Target",
+    "TemplateConfig",
+    "UserLimitsConfig",
     "default_config",
     "load_config",
     "secret_values",
@@ -54,7 +58,13 @@ _TOML_WHERE: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _PLAIN = MappingProxyType({"extra_forbidden": "unknown key", "missing": "required, but missing"})
 _OVERRIDE_PART: Final = re.compile(r'"([^"]*)"|([^.]+)')
 # None matches any key or index. Secrets are one `${NAME}`; sensitive values are masked in logs.
-_SECRET: Final = (("auth", "admin_key"), ("auth", "keys", None), ("providers", None, "api_key"))
+_SECRET: Final = (
+    ("auth", "admin_key"),
+    ("auth", "keys", None),
+    ("auth", "jwt", "secret"),
+    ("providers", None, "api_key"),
+)
+_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SENSITIVE: Final = (("providers", None, "headers", None), ("ledger", "url"), ("state", "url"))
 
 
@@ -112,6 +122,78 @@ class ServerConfig(_Table):
     ticket_ttl_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: int = Field(default=1, ge=1)
+    instance: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class JWTConfig(_Table):
+    """`[auth.jwt]`: end-user tokens signed by the app's backend, and what they may do."""
+
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    secret: str | None = None  # HS256: a `${ENV}` reference
+    public_key: str | None = None  # RS256: the PEM text …
+    public_key_file: Path | None = None  # … or a file holding it
+    issuer: str | None = None
+    audience: str | None = None
+    max_ttl_s: float = Field(default=3600.0, gt=0)
+    leeway_s: float = Field(default=5.0, ge=0)
+    models: tuple[str, ...] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    allow_system: bool = True
+    templates: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _has_key(self) -> Self:
+        if self.algorithm == "HS256" and (self.secret is None or self.public_key_file):
+            raise _Invalid([(("secret",), 'HS256 needs secret = "${ENV_VAR}" (and no public key)')])
+        if self.algorithm == "RS256" and (self.public_key is None) == (
+            self.public_key_file is None
+        ):
+            message = "RS256 needs exactly one of public_key (PEM text) or public_key_file"
+            raise _Invalid([(("public_key",), message)])
+        return self
+
+    def verification_key(self) -> str:
+        """The HS256 secret or the RS256 public key PEM (read from its file if given)."""
+        if self.public_key_file is not None:
+            return self.public_key_file.read_text(encoding="utf-8")
+        return (
+            self.public_key if self.algorithm == "RS256" and self.public_key else self.secret or ""
+        )
+
+
+class UserLimitsConfig(_Table):
+    """`[limits.user]`: limits for each end user, unless their token sets its own."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    budget: float | None = Field(default=None, ge=0)  # currency units, like [prices]
+
+
+class LimitsConfig(_Table):
+    """`[limits]`: how requests reserve against limits, and the anonymous and end-user defaults."""
+
+    default_completion_tokens: int = Field(default=1024, ge=1)
+    anonymous_rpm: int | None = Field(default=120, ge=1)
+    anonymous_concurrency: int | None = Field(default=20, ge=1)
+    budget_overrun: Literal["finish", "stop"] = "finish"
+    user: UserLimitsConfig = Field(default_factory=UserLimitsConfig)
+
+
+class TemplateConfig(_Table):
+    """`[templates.NAME]`: a server-side system prompt whose `{{variables}}` clients fill in."""
+
+    system: str = Field(min_length=1)
+    variables: tuple[str, ...] = ()
+    max_chars: int = Field(default=4000, ge=1)
+
+    @model_validator(mode="after")
+    def _placeholders_match(self) -> Self:
+        used = set(_PLACEHOLDER.findall(self.system))
+        if used != set(self.variables):
+            message = f"must list exactly the {{{{placeholders}}}} of system: {sorted(used)}"
+            raise _Invalid([(("variables",), message)])
+        return self
 
 
 class AuthConfig(_Table):
@@ -120,6 +202,8 @@ class AuthConfig(_Table):
     admin_key: str | None = None
     keys: tuple[str, ...] = ()
     anonymous: bool = False
+    key_cache_s: float = Field(default=1.0, ge=0)
+    jwt: JWTConfig | None = None
 
 
 class LedgerConfig(_Table):
@@ -204,6 +288,10 @@ class Config(_Table):
     )
     models: dict[Annotated[str, Field(pattern=_ALIAS)], ModelConfig] = Field(default_factory=dict)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    templates: dict[Annotated[str, Field(pattern=_NAME)], TemplateConfig] = Field(
+        default_factory=dict
+    )
     _secrets: frozenset[str] = frozenset()  # private: what the loader took from the environment
 
     @model_validator(mode="after")
@@ -244,6 +332,14 @@ class Config(_Table):
                 continue
             if provider not in self.providers:
                 problems.append((("prices", key), f"no provider {provider!r} in [providers]"))
+        jwt = self.auth.jwt
+        if jwt is not None:
+            for i, alias in enumerate(jwt.models or ()):
+                if alias not in self.models:
+                    problems.append((("auth", "jwt", "models", i), "names no alias in [models]"))
+            for i, name in enumerate(jwt.templates):
+                if name not in self.templates:
+                    problems.append((("auth", "jwt", "templates", i), "no such [templates]"))
         return problems
 
 

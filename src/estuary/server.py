@@ -7,24 +7,31 @@ routes, the state store, the ledger, the gateway — and the lifespan that close
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
 
+import structlog
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from estuary.auth.jwt import JWTVerifier
 from estuary.auth.keys import Authenticator
 from estuary.auth.tickets import TicketIssuer
-from estuary.config import Config, ProviderConfig, secret_values
+from estuary.config import Config, ConfigError, ProviderConfig, UserLimitsConfig, secret_values
+from estuary.core.policy import KeyPolicy
+from estuary.core.prices import Price, Prices
 from estuary.core.redaction import Redactor
 from estuary.gateway.session import Gateway
 from estuary.http.app import create_app
 from estuary.http.routes import Services
 from estuary.http.streaming import StreamSettings
-from estuary.ledger.base import LedgerStore
-from estuary.ledger.memory import MemoryLedger
+from estuary.ledger import open_store
+from estuary.ledger.base import Store
+from estuary.limits.limiter import Limiter, LimitSettings
+from estuary.limits.policy import PolicyEnforcer, PromptTemplate
 from estuary.providers.base import Provider, Timeouts
 from estuary.providers.demo import DemoProvider
 from estuary.providers.openai import OpenAIProvider
@@ -33,12 +40,9 @@ from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
 
-__all__ = ["LEDGER_NOTICE", "Runtime", "build_app", "build_runtime", "tune_gc"]
+__all__ = ["Runtime", "build_app", "build_runtime", "tune_gc"]
 
-LEDGER_NOTICE: Final = (
-    "usage rows are kept in memory in this version; [ledger] url is not used yet"
-    " (SQLite and PostgreSQL stores come with the billing work)"
-)
+_log: Final = structlog.get_logger("estuary.server")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,9 +52,22 @@ class Runtime:
     services: Services
     pool: UpstreamPool
     providers: dict[str, Provider]
-    ledger: LedgerStore
+    ledger: Store
     state: StateStore
     redactor: Redactor
+    instance: str
+
+    async def start(self) -> None:
+        """Open the ledger (migrating it) and close what this instance left open before."""
+        interrupted = await self.ledger.start(self.instance)
+        if interrupted:
+            _log.warning(
+                "ledger.interrupted",
+                logger="estuary.server",
+                instance=self.instance,
+                rows=interrupted,
+                note="rows left open by an earlier run of this instance are now 'interrupted'",
+            )
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
@@ -61,12 +78,13 @@ class Runtime:
 
 
 def build_runtime(
-    config: Config, *, ledger: LedgerStore | None = None, state: StateStore | None = None
+    config: Config, *, ledger: Store | None = None, state: StateStore | None = None
 ) -> Runtime:
     """Build every service from `config`; stores may be injected (tests use the memory ones).
 
     Raises `NotImplementedError` for a `[state] url` this version cannot honour, rather than
-    silently running with per-process state.
+    silently running with per-process state, and `ConfigError` for a ledger URL or key file it
+    cannot use.
     """
     if state is None and config.state.url != "memory://":
         raise NotImplementedError(
@@ -91,14 +109,51 @@ def build_runtime(
             alias=alias, targets=targets, timeouts=timeouts, max_tokens=model.max_tokens
         )
     state = state if state is not None else MemoryState()
-    ledger = ledger if ledger is not None else MemoryLedger()
+    if ledger is None:
+        try:
+            ledger = open_store(config.ledger.url)
+        except ValueError as exc:
+            raise ConfigError(f"ledger.url: {exc}") from None
     server = config.server
-    services = Services(
-        gateway=Gateway(
-            router=Router(routes, default=server.default_model), ledger=ledger, state=state
+    instance = server.instance or f"{socket.gethostname()}:{server.port}"
+    prices = Prices(
+        {k: Price(p.input_per_mtok, p.output_per_mtok) for k, p in config.prices.items()}
+    )
+    limits = config.limits
+    settings = LimitSettings(
+        default_completion_tokens=limits.default_completion_tokens,
+        anonymous_rpm=limits.anonymous_rpm,
+        anonymous_concurrency=limits.anonymous_concurrency,
+        user=_user_limits(limits.user),
+        budget_overrun=limits.budget_overrun,
+    )
+    store = ledger
+
+    async def spent(key_id: str, end_user: str | None) -> int:
+        return await store.spent(key_id=key_id, end_user=end_user)
+
+    authenticator = _authenticator(config, ledger, settings.user)
+    gateway = Gateway(
+        router=Router(routes, default=server.default_model),
+        ledger=ledger,
+        state=state,
+        limiter=Limiter(state, spent=spent, prices=prices, settings=settings),
+        policy=PolicyEnforcer(
+            {
+                name: PromptTemplate(
+                    name=name, system=t.system, variables=t.variables, max_chars=t.max_chars
+                )
+                for name, t in config.templates.items()
+            }
         ),
-        authenticator=Authenticator(config.auth.keys, anonymous=config.auth.anonymous),
-        tickets=TicketIssuer(state, ttl_s=server.ticket_ttl_s),
+        prices=prices,
+        instance=instance,
+    )
+    services = Services(
+        gateway=gateway,
+        authenticator=authenticator,
+        tickets=TicketIssuer(state, authenticator, ttl_s=server.ticket_ttl_s),
+        store=ledger,
         stream=StreamSettings(heartbeat_s=server.heartbeat_s, header_hold_s=server.header_hold_s),
         max_body_bytes=server.max_body_bytes,
         cors_origins=tuple(server.cors_origins),
@@ -110,6 +165,50 @@ def build_runtime(
         ledger=ledger,
         state=state,
         redactor=redactor,
+        instance=instance,
+    )
+
+
+def _user_limits(user: UserLimitsConfig) -> KeyPolicy:
+    budget = None if user.budget is None else round(user.budget * 1_000_000)
+    return KeyPolicy(rpm=user.rpm, tpm=user.tpm, concurrency=user.concurrency, budget_micro=budget)
+
+
+def _authenticator(config: Config, store: Store, user_limits: KeyPolicy) -> Authenticator:
+    auth = config.auth
+    verifier, jwt_policy = None, KeyPolicy()
+    if auth.jwt is not None:
+        jwt = auth.jwt
+        try:
+            key = jwt.verification_key()
+        except OSError as exc:
+            raise ConfigError(f"auth.jwt.public_key_file: cannot read it: {exc.strerror}") from None
+        try:
+            verifier = JWTVerifier(
+                algorithm=jwt.algorithm,
+                key=key,
+                issuer=jwt.issuer,
+                audience=jwt.audience,
+                max_ttl_s=jwt.max_ttl_s,
+                leeway_s=jwt.leeway_s,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"auth.jwt: {exc}") from None
+        jwt_policy = KeyPolicy(
+            models=jwt.models,
+            max_tokens=jwt.max_tokens,
+            allow_system=jwt.allow_system,
+            templates=jwt.templates,
+        )
+    return Authenticator(
+        auth.keys,
+        anonymous=auth.anonymous,
+        store=store,
+        jwt=verifier,
+        jwt_policy=jwt_policy,
+        user_limits=user_limits,
+        admin_key=auth.admin_key,
+        cache_s=auth.key_cache_s,
     )
 
 
@@ -131,6 +230,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
         try:
             yield
         finally:

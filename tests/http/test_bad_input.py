@@ -194,7 +194,7 @@ async def test_bad_input_gets_a_4xx_in_openai_error_shape(
     assert body["error"]["code"] == case.code
     assert body["error"]["message"]
     assert upstream.requests == []  # nothing reached the upstream
-    assert small_gateway.ledger.rows == {}
+    assert small_gateway.memory_rows == {}
 
 
 async def test_another_keys_stream_cannot_be_canceled(

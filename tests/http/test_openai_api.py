@@ -60,7 +60,7 @@ async def test_usage_chunk_is_stripped_when_the_client_did_not_ask(
     assert all(chunk.usage is None for chunk in chunks)
     assert all(chunk.choices for chunk in chunks)
     assert upstream.requests[0].body["stream_options"] == {"include_usage": True}
-    (row,) = gateway.ledger.rows.values()
+    (row,) = gateway.memory_rows.values()
     settled = (await gateway.row(row.opened.request_id)).settled
     assert settled is not None
     assert settled.token_source == "reported"

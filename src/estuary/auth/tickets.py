@@ -1,7 +1,9 @@
 """Stream tickets: short-lived, single-use credentials for `EventSource`, which cannot send headers.
 
-A ticket is bound to the principal that asked for it, so a browser stream is limited and billed as
-that key (and end user). Must not import the HTTP layer or routing.
+A ticket is bound to the principal that asked for it — key, end user, policy and limits — so a
+browser stream is limited and billed as that key and end user. A stored key is checked again when
+its ticket is redeemed, so revoking the key also voids its tickets. Must not import the HTTP layer
+or routing.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from collections.abc import Callable
 
 import orjson
 
-from estuary.auth.keys import Principal
+from estuary.auth.keys import Authenticator
 from estuary.core.errors import AuthenticationFailed
 from estuary.core.ids import new_ticket
+from estuary.core.policy import KeyPolicy, Principal
 from estuary.state.base import StateStore
 
 __all__ = ["TicketIssuer"]
@@ -23,16 +26,31 @@ class TicketIssuer:
     """Issues and redeems tickets through the shared state store."""
 
     def __init__(
-        self, state: StateStore, *, ttl_s: float, clock: Callable[[], float] = time.time
+        self,
+        state: StateStore,
+        authenticator: Authenticator,
+        *,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = state
+        self._authenticator = authenticator
         self._ttl_s = ttl_s
         self._clock = clock
 
     async def issue(self, principal: Principal) -> tuple[str, float]:
         """A new ticket and its expiry as a Unix timestamp."""
         ticket = new_ticket()
-        payload = orjson.dumps({"key_id": principal.key_id, "end_user": principal.end_user})
+        payload = orjson.dumps(
+            {
+                "key_id": principal.key_id,
+                "end_user": principal.end_user,
+                "digest": principal.digest,
+                "client_ip": principal.client_ip,
+                "policy": principal.policy.to_json(),
+                "user": None if principal.user is None else principal.user.to_json(),
+            }
+        )
         await self._state.put_ticket(ticket, payload, self._ttl_s)
         return ticket, self._clock() + self._ttl_s
 
@@ -42,4 +60,13 @@ class TicketIssuer:
         if payload is None:
             raise AuthenticationFailed("invalid, expired or already used stream ticket")
         data = orjson.loads(payload)
-        return Principal(key_id=data["key_id"], end_user=data["end_user"])
+        if data["digest"] is not None:  # a stored key: revoked or expired since? refuse
+            return await self._authenticator.principal_for_digest(data["digest"])
+        user = data["user"]
+        return Principal(
+            key_id=data["key_id"],
+            end_user=data["end_user"],
+            client_ip=data["client_ip"],
+            policy=KeyPolicy.from_json(data["policy"]),
+            user=None if user is None else KeyPolicy.from_json(user),
+        )

@@ -10,7 +10,9 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
     │   ├── RequestTooLarge           413 request_too_large
     │   └── UnsupportedMediaType      415 unsupported_media_type
     ├── AuthenticationFailed          401 invalid_api_key
+    ├── BudgetExceeded                402 budget_exceeded
     ├── PermissionDenied              403 model_not_allowed
+    │   └── PolicyViolation           403 policy_violation
     ├── NotFound                      404 not_found
     │   └── ModelNotFound             404 model_not_found
     ├── MethodNotAllowed              405 method_not_allowed
@@ -31,12 +33,14 @@ from typing import ClassVar
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "EstuaryError",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",
     "PermissionDenied",
+    "PolicyViolation",
     "RateLimited",
     "RequestTooLarge",
     "ServiceUnavailable",
@@ -88,6 +92,18 @@ class AuthenticationFailed(EstuaryError):
 
 class PermissionDenied(EstuaryError):
     status_code, code, type = 403, "model_not_allowed", "permission_error"
+
+
+class PolicyViolation(PermissionDenied):
+    """The key's policy forbids this request (a system message, a missing template, …)."""
+
+    code = "policy_violation"
+
+
+class BudgetExceeded(EstuaryError):
+    """The key's or end user's spend budget is used up; retrying will not help."""
+
+    status_code, code, type = 402, "budget_exceeded", "insufficient_quota"
 
 
 class NotFound(EstuaryError):

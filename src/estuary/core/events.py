@@ -20,7 +20,9 @@ __all__ = [
     "Usage",
 ]
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "canceled", "error"]
+FinishReason = Literal[
+    "stop", "length", "tool_calls", "content_filter", "canceled", "error", "budget"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,8 +31,9 @@ _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "
 # Parameters validated here; anything else goes to OpenAI-format upstreams as it came.
 _HANDLED: Final = frozenset(
     {"model", "messages", "prompt", "stream", "stream_options", "max_tokens", "temperature", "n"}
-    | {"max_completion_tokens", "tools", "top_p", "stop"}
+    | {"max_completion_tokens", "tools", "top_p", "stop", "template", "variables"}
 )
+_MAX_VARIABLES: Final = 32
 _MAX_STOP: Final = 4
 
 
@@ -48,6 +49,8 @@ class ChatRequest:
     stream: bool = True
     include_usage: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    template: str | None = None  # a server-side prompt template, filled in with `variables`
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +82,8 @@ def parse_openai_chat(body: object) -> ChatRequest:
         stream=stream,
         include_usage=_include_usage(obj, stream),
         extra=_extra(obj),
+        template=_template(obj),
+        variables=_variables(obj),
     )
 
 
@@ -125,7 +130,30 @@ def parse_app_chat(body: object) -> ChatRequest:
         tools=_tools(obj.get("tools")),
         stream=True,
         include_usage=True,
+        template=_template(obj),
+        variables=_variables(obj),
     )
+
+
+def _template(obj: JSONObject) -> str | None:
+    name = obj.get("template")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise InvalidRequest("'template' must be a non-empty string (a template's name)")
+    return name
+
+
+def _variables(obj: JSONObject) -> dict[str, str]:
+    value = obj.get("variables")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > _MAX_VARIABLES:
+        raise InvalidRequest(f"'variables' must be an object of at most {_MAX_VARIABLES} strings")
+    for name, text in value.items():
+        if not isinstance(text, str):
+            raise InvalidRequest(f"'variables.{name}' must be a string")
+    if "template" not in obj:
+        raise InvalidRequest("'variables' are only meaningful with a 'template'")
+    return value
 
 
 def _object(body: object) -> JSONObject:

@@ -1,9 +1,11 @@
 """A request's life, independent of the transport that carries it.
 
-`Gateway.admit()` resolves the alias, applies the route's caps, opens the ledger row and registers
-the stream's cancel signal — in that order, so no stream ever runs without a row. The transport then
+`Gateway.admit()` resolves the alias, applies the key's policy and the route's caps, reserves
+against the caller's limits, opens the ledger row and registers the stream's cancel signal — in
+that order, so no stream ever runs without a row and nothing refused leaves one. The transport then
 iterates `StreamSession.events()` and calls `settle()` exactly once with how the stream ended; the
-session works out the token counts (reported, or estimated and marked so) and closes the row.
+session works out the token counts (reported, or estimated and marked so) and their cost, settles
+the reservation and closes the row.
 
 Must not import the HTTP layer.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,13 +23,22 @@ from typing import Final, Literal
 
 import structlog
 
-from estuary.auth.keys import Principal
-from estuary.core.errors import EstuaryError, NotFound, StreamFinished, UpstreamError
-from estuary.core.events import StreamEvent, StreamStart, TextDelta, Usage
+from estuary.core.errors import (
+    EstuaryError,
+    NotFound,
+    PermissionDenied,
+    StreamFinished,
+    UpstreamError,
+)
+from estuary.core.events import StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
 from estuary.core.ids import new_request_id
+from estuary.core.policy import Principal
+from estuary.core.prices import Prices
 from estuary.core.requests import UpstreamRequest, prompt_text
 from estuary.core.usage import TokenCount, estimate_tokens
 from estuary.ledger.base import LedgerStore, OpenedRow, SettledRow
+from estuary.limits.limiter import Limiter, Reservation
+from estuary.limits.policy import PolicyEnforcer, PromptTemplate
 from estuary.routing.fallback import stream_with_fallback
 from estuary.routing.routes import Route, Router
 from estuary.state.base import StateStore
@@ -35,6 +46,7 @@ from estuary.state.base import StateStore
 __all__ = ["Gateway", "Outcome", "StreamSession"]
 
 _log: Final = structlog.get_logger("estuary.gateway")
+_CHECK_CHARS: Final = 256  # how much answer text between checks of a watched reservation
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,35 +67,63 @@ class Gateway:
         router: Router,
         ledger: LedgerStore,
         state: StateStore,
+        limiter: Limiter,
+        policy: PolicyEnforcer | None = None,
+        prices: Prices | None = None,
+        instance: str = "local",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.router = router
         self._ledger = ledger
         self._state = state
+        self._limiter = limiter
+        self._policy = policy or PolicyEnforcer()
+        self._prices = prices or Prices()
+        self._instance = instance
         self._clock = clock
+
+    @property
+    def templates(self) -> Mapping[str, PromptTemplate]:
+        return self._policy.templates
+
+    def allowed_aliases(self, principal: Principal) -> list[str]:
+        """The aliases this caller may use (for `/v1/models`)."""
+        allowed = [principal.policy.models, principal.user.models if principal.user else None]
+        return [a for a in self.router.aliases if all(m is None or a in m for m in allowed)]
 
     async def admit(
         self, principal: Principal, request: UpstreamRequest, *, api: Literal["openai", "app"]
     ) -> StreamSession:
-        """Resolve, open the ledger row, register for cancel; the stream has not started yet."""
+        """Check, reserve, open the ledger row, register for cancel; nothing has streamed yet."""
         route = self.router.resolve(request.model)
+        user = principal.user
+        if user is not None and user.models is not None and route.alias not in user.models:
+            raise PermissionDenied(f"this user may not use the model '{route.alias}'")
+        request = self._policy.apply(principal.policy, route.alias, request)
         if route.max_tokens is not None and (
             request.max_tokens is None or request.max_tokens > route.max_tokens
         ):
             request = dataclasses.replace(request, max_tokens=route.max_tokens)
+        targets = [target.label for target in route.targets]
+        reservation = await self._limiter.admit(principal, targets, request)
         request_id = new_request_id()
         started = self._clock()
-        await self._ledger.open(
-            OpenedRow(
-                request_id=request_id,
-                started_at=datetime.now(UTC),
-                key_id=principal.key_id,
-                end_user=principal.end_user,
-                alias=route.alias,
-                api=api,
+        try:
+            await self._ledger.open(
+                OpenedRow(
+                    request_id=request_id,
+                    instance=self._instance,
+                    started_at=datetime.now(UTC),
+                    key_id=principal.key_id,
+                    end_user=principal.end_user,
+                    alias=route.alias,
+                    api=api,
+                )
             )
-        )
-        canceled = await self._state.register_stream(request_id, principal.key_id)
+            canceled = await self._state.register_stream(request_id, principal.key_id)
+        except BaseException:
+            await reservation.release()
+            raise
         return StreamSession(
             request_id=request_id,
             route=route,
@@ -92,6 +132,8 @@ class Gateway:
             started=started,
             clock=self._clock,
             finish=self._finish,
+            reservation=reservation,
+            prices=self._prices,
         )
 
     async def cancel(self, principal: Principal, request_id: str) -> None:
@@ -120,6 +162,8 @@ class StreamSession:
         started: float,
         clock: Callable[[], float],
         finish: Callable[[SettledRow], Awaitable[None]],
+        reservation: Reservation,
+        prices: Prices,
     ) -> None:
         self.request_id = request_id
         self.route = route
@@ -135,10 +179,15 @@ class StreamSession:
         self._first_token_at: float | None = None
         self._text: list[str] = []
         self._settled = False
+        self._reservation = reservation
+        self._prices = prices
+        self.budget_stopped = False
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """The upstream's events through fallback, noting provider, first token, text and usage."""
         text = self._text
+        reservation = self._reservation if self._reservation.watches else None
+        chars = checked = counted = 0  # answer characters: seen, at the last check; tokens so far
         async with aclosing(
             stream_with_fallback(self.route, self.request, self.failures)
         ) as events:
@@ -147,6 +196,16 @@ class StreamSession:
                     text.append(event.text)
                     if self._first_token_at is None:
                         self._first_token_at = self._clock()
+                    if reservation is not None:
+                        chars += len(event.text)
+                        if chars - checked >= _CHECK_CHARS:
+                            counted += estimate_tokens("".join(text)[checked:])
+                            checked = chars
+                            if not await reservation.progress(counted):
+                                self.budget_stopped = True
+                                yield event
+                                yield StreamEnd(reason="budget")
+                                return
                 elif isinstance(event, StreamStart):
                     self.provider, self.upstream_model = event.provider, event.model
                 elif isinstance(event, Usage):
@@ -166,7 +225,7 @@ class StreamSession:
         return TokenCount(
             prompt_tokens=estimate_tokens(prompt_text(self.request)),
             completion_tokens=estimate_tokens("".join(self._text)),
-            source="estimated" if complete else "partial",
+            source="estimated" if complete and not self.budget_stopped else "partial",
         )
 
     async def settle(self, outcome: Outcome) -> TokenCount:
@@ -177,21 +236,32 @@ class StreamSession:
         self._settled = True
         now = self._clock()
         ttft = self._first_token_at
+        started = self.provider is not None
+        prompt = tokens.prompt_tokens if started else None  # no upstream answered: unknown
+        completion = tokens.completion_tokens if started else None
+        target = f"{self.provider}/{self.upstream_model}" if started else None
+        cost = self._prices.cost_micro(target, prompt, completion)
         row = SettledRow(
             request_id=self.request_id,
+            ended_at=datetime.now(UTC),
             status=outcome.status,
             finish_reason=outcome.finish_reason,
             provider=self.provider,
             upstream_model=self.upstream_model,
-            prompt_tokens=tokens.prompt_tokens,
-            completion_tokens=tokens.completion_tokens,
-            token_source=tokens.source,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            token_source=tokens.source if started else None,
+            cost_micro=cost,
             error_code=outcome.error.code if outcome.error is not None else None,
             ttft_ms=None if ttft is None else (ttft - self._started) * 1000,
             duration_ms=(now - self._started) * 1000,
-            attempts=len(self.failures) + (self.provider is not None),
+            attempts=len(self.failures) + started,
+            failures=tuple(f"{f.provider}: {f.code}" for f in self.failures),
         )
-        await self._finish(row)
+        try:
+            await self._reservation.settle(prompt, completion, cost)
+        finally:
+            await self._finish(row)
         _log.info(
             "stream.end",
             logger="estuary.gateway",
@@ -204,6 +274,7 @@ class StreamSession:
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
             token_source=row.token_source,
+            cost_micro=row.cost_micro,
             ttft_ms=None if row.ttft_ms is None else round(row.ttft_ms, 1),
             duration_ms=round(row.duration_ms, 1),
             attempts=row.attempts,

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
+from estuary.http.admin import AdminHandlers
 from estuary.http.encoders import error_body
 from estuary.http.routes import Handlers, Services
 from estuary.http.streaming import SERVER_SEND
@@ -44,6 +45,9 @@ class _ServerSend:
 def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> ASGIApp:
     """Build the ASGI app; no state lives anywhere but in `services`."""
     handlers = Handlers(services)
+    admin = AdminHandlers(
+        services.gateway, services.authenticator, services.store, services.max_body_bytes
+    )
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
@@ -52,6 +56,11 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/api/chat/stream", handlers.app_stream_get, methods=["GET"]),
         Route("/api/chat/{request_id}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/tickets", handlers.create_ticket, methods=["POST"]),
+        Route("/api/usage", admin.own_usage, methods=["GET"]),
+        Route("/admin/keys", admin.create_key, methods=["POST"]),
+        Route("/admin/keys", admin.list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/usage", admin.admin_usage, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _healthz, methods=["GET"]),
     ]
@@ -61,7 +70,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(services.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["authorization", "content-type", "last-event-id"],
                 expose_headers=["x-request-id", "retry-after"],
                 max_age=600,

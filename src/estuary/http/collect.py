@@ -17,6 +17,7 @@ from estuary.core.events import ReasoningDelta, StreamEnd, TextDelta, ToolCall
 from estuary.core.requests import ChatRequest
 from estuary.core.usage import TokenCount
 from estuary.gateway.session import Outcome, StreamSession
+from estuary.http.encoders import openai_finish_reason
 from estuary.http.stopper import Stopper
 from estuary.http.streaming import error_messages
 
@@ -106,8 +107,9 @@ class CollectedResponse:
         }
         head = {"created": int(time.time()), "model": session.route.alias, "usage": usage}
         text = "".join(self._text)
+        finish_reason = openai_finish_reason(self._finish_reason)
         if not isinstance(session.request, ChatRequest):
-            choice = {"index": 0, "text": text, "finish_reason": self._finish_reason}
+            choice = {"index": 0, "text": text, "finish_reason": finish_reason}
             choice["logprobs"] = None
             return {
                 "id": "cmpl-" + session.request_id,
@@ -127,7 +129,7 @@ class CollectedResponse:
                 }
                 for c in self._calls
             ]
-        choice = {"index": 0, "message": message, "finish_reason": self._finish_reason}
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason}
         return {
             "id": "chatcmpl-" + session.request_id,
             "object": "chat.completion",

@@ -29,6 +29,7 @@ __all__ = [
     "OpenAICompletionEncoder",
     "TextEncoder",
     "error_body",
+    "openai_finish_reason",
 ]
 
 SSE_MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
@@ -161,7 +162,7 @@ class _OpenAIStream:
         return b"data: %s\n\n" % orjson.dumps({**self._head, "choices": [choice]})
 
     def done(self, finish_reason: str, tokens: TokenCount) -> bytes:
-        out = self._finish_chunk(finish_reason)
+        out = self._finish_chunk(openai_finish_reason(finish_reason))
         if self._include_usage:
             usage = {
                 "prompt_tokens": tokens.prompt_tokens,
@@ -176,6 +177,11 @@ class _OpenAIStream:
 
     def _finish_chunk(self, finish_reason: str) -> bytes:
         raise NotImplementedError
+
+
+def openai_finish_reason(reason: str) -> str:
+    """OpenAI's name for a finish reason: a budget stop is a cut-off, `length` to SDKs."""
+    return "length" if reason == "budget" else reason
 
 
 class OpenAIChatEncoder(_OpenAIStream):

@@ -42,10 +42,13 @@ async def read_json(request: Request, max_bytes: int) -> object:
         raise InvalidRequest(f"the request body is not valid JSON ({exc.msg})") from None
 
 
-def authenticate(request: Request, authenticator: Authenticator) -> Principal:
+async def authenticate(request: Request, authenticator: Authenticator) -> Principal:
     """The caller from the `Authorization` header; a key in the URL is refused outright."""
     refuse_url_credentials(request)
-    return authenticator.authenticate(request.headers.get("authorization"))
+    client = request.client
+    return await authenticator.authenticate(
+        request.headers.get("authorization"), client_ip=client.host if client else None
+    )
 
 
 def refuse_url_credentials(request: Request) -> None:

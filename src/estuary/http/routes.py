@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from estuary.auth.keys import Authenticator, Principal
+from estuary.auth.keys import Authenticator
 from estuary.auth.tickets import TicketIssuer
 from estuary.core.errors import InvalidRequest
+from estuary.core.policy import Principal
 from estuary.core.requests import (
     ChatRequest,
     UpstreamRequest,
@@ -35,6 +36,7 @@ from estuary.http.encoders import (
 )
 from estuary.http.inputs import authenticate, read_json, refuse_url_credentials
 from estuary.http.streaming import StreamResponse, StreamSettings
+from estuary.ledger.base import Store
 
 __all__ = ["Handlers", "Services"]
 
@@ -48,6 +50,7 @@ class Services:
     gateway: Gateway
     authenticator: Authenticator
     tickets: TicketIssuer
+    store: Store
     stream: StreamSettings = field(default_factory=StreamSettings)
     max_body_bytes: int = 4 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
@@ -60,25 +63,25 @@ class Handlers:
         self._s = services
 
     async def chat_completions(self, request: Request) -> ASGIApp:
-        principal = authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         chat = parse_openai_chat(await read_json(request, self._s.max_body_bytes))
         return await self._respond(principal, chat, "openai")
 
     async def completions(self, request: Request) -> ASGIApp:
-        principal = authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         completion = parse_openai_completion(await read_json(request, self._s.max_body_bytes))
         return await self._respond(principal, completion, "openai")
 
     async def models(self, request: Request) -> Response:
-        authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         data = [
             {"id": alias, "object": "model", "created": 0, "owned_by": "estuary"}
-            for alias in self._s.gateway.router.aliases
+            for alias in self._s.gateway.allowed_aliases(principal)
         ]
         return JSONResponse({"object": "list", "data": data})
 
     async def app_stream_post(self, request: Request) -> ASGIApp:
-        principal = authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         chat = parse_app_chat(await read_json(request, self._s.max_body_bytes))
         return await self._respond(principal, chat, "app", text=_wants_text(request))
 
@@ -88,17 +91,17 @@ class Handlers:
             refuse_url_credentials(request)
             principal = await self._s.tickets.redeem(ticket)
         else:
-            principal = authenticate(request, self._s.authenticator)
+            principal = await authenticate(request, self._s.authenticator)
         chat = parse_app_chat(_query_body(request))
         return await self._respond(principal, chat, "app", text=_wants_text(request))
 
     async def cancel(self, request: Request) -> Response:
-        principal = authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         await self._s.gateway.cancel(principal, request.path_params["request_id"])
         return JSONResponse({"canceled": True})
 
     async def create_ticket(self, request: Request) -> Response:
-        principal = authenticate(request, self._s.authenticator)
+        principal = await authenticate(request, self._s.authenticator)
         ticket, expires_at = await self._s.tickets.issue(principal)
         return JSONResponse({"ticket": ticket, "expiresAt": expires_at})
 

@@ -6,11 +6,12 @@ Must not import the HTTP layer, routing, auth or the ledger.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from estuary.state.base import CancelResult
+from estuary.state.base import Bucket, CancelResult, Shortfall
 
 __all__ = ["MemoryState"]
 
@@ -34,6 +35,8 @@ class MemoryState:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._tickets: dict[str, tuple[float, bytes]] = {}
+        self._levels: dict[str, tuple[float, float, Bucket]] = {}  # name -> (level, at, bucket)
+        self._counters: dict[str, float] = {}
         self._next_sweep = clock() + keep_s
 
     async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
@@ -65,9 +68,44 @@ class MemoryState:
             return None
         return entry[1]
 
+    async def take(self, takes: Sequence[tuple[Bucket, float]]) -> Shortfall | None:
+        now = self._clock()
+        levels = [self._level(bucket, now) for bucket, _ in takes]
+        for (bucket, amount), level in zip(takes, levels, strict=True):
+            if level < amount:
+                missing = amount - level
+                wait = missing / bucket.per_s if bucket.per_s > 0 else math.inf
+                return Shortfall(bucket.name, wait)
+        for (bucket, amount), level in zip(takes, levels, strict=True):
+            self._levels[bucket.name] = (level - amount, now, bucket)
+        return None
+
+    async def give(self, bucket: Bucket, amount: float) -> None:
+        now = self._clock()
+        level = min(bucket.capacity, self._level(bucket, now) + amount)
+        self._levels[bucket.name] = (level, now, bucket)
+
+    async def add(self, name: str, delta: float) -> float:
+        value = self._counters.get(name, 0.0) + delta
+        if value == 0:
+            self._counters.pop(name, None)
+        else:
+            self._counters[name] = value
+        return value
+
+    def _level(self, bucket: Bucket, now: float) -> float:
+        """The bucket's level now: full if never seen, else refilled since it was last touched."""
+        entry = self._levels.get(bucket.name)
+        if entry is None:
+            return bucket.capacity
+        level, at, _ = entry
+        return min(bucket.capacity, level + (now - at) * bucket.per_s)
+
     async def aclose(self) -> None:
         self._streams.clear()
         self._tickets.clear()
+        self._levels.clear()
+        self._counters.clear()
 
     def _sweep(self) -> None:
         """Forget expired tickets and long-finished streams, at most once per `keep_s`."""
@@ -82,3 +120,5 @@ class MemoryState:
             del self._streams[rid]
         for ticket in [t for t, (expires, _) in self._tickets.items() if expires < now]:
             del self._tickets[ticket]
+        for name in [n for n, (*_, b) in self._levels.items() if self._level(b, now) >= b.capacity]:
+            del self._levels[name]  # a full bucket is the same as no bucket

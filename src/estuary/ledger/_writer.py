@@ -1,0 +1,195 @@
+"""Group commit: one writer task turns every pending open and settle into a single transaction.
+
+    open()/settle() ──put──▶ queue ──▶ writer task: take all that is pending (≤ max_batch)
+         ▲                                 │ BEGIN; INSERT … (executemany); UPDATE … WHERE
+         └──── future resolved ◀───────────┘ status='open' (executemany); COMMIT
+
+A caller waits for its own future, so `open()` returns only once its row is committed, while a
+thousand concurrent callers share a handful of commits. Inserts run before updates, so an open and
+the settle of the same row may share a batch. When a batch fails on its data (a duplicate request
+id), its jobs are retried one by one so only the faulty one fails; on any other error (the database
+is down) every job of the batch gets the exception. Either way the writer goes on with the next
+batch. `aclose()` lets it drain what was queued, then ends it.
+
+Must not import the HTTP layer or routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sqlalchemy import Update, bindparam, insert, update
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from estuary.ledger.schema import REQUESTS
+
+__all__ = ["GroupWriter"]
+
+_SETTLED_COLUMNS: Final = (
+    "status",
+    "ended_at",
+    "finish_reason",
+    "provider",
+    "upstream_model",
+    "target",
+    "prompt_tokens",
+    "completion_tokens",
+    "token_source",
+    "cost_micro",
+    "error_code",
+    "ttft_ms",
+    "duration_ms",
+    "attempts",
+    "failures",
+)
+_INSERT: Final = insert(REQUESTS)
+
+
+def _settle_statement() -> Update:
+    """UPDATE requests SET … WHERE request_id = :s_request_id AND status = 'open'."""
+    return (
+        update(REQUESTS)
+        .where(REQUESTS.c.request_id == bindparam("s_request_id"))
+        .where(REQUESTS.c.status == "open")
+        .values({name: bindparam(f"s_{name}") for name in _SETTLED_COLUMNS})
+    )
+
+
+_SETTLE: Final = _settle_statement()
+
+
+@dataclass(slots=True, kw_only=True)
+class _Job:
+    kind: Literal["open", "settle"]
+    params: Mapping[str, Any]
+    done: asyncio.Future[None]
+
+
+class GroupWriter:
+    """The single writer of one store's `requests` rows."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 2000) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def started(self) -> bool:
+        """Whether `start()` has been called (and the writer may still be running)."""
+        return self._task is not None
+
+    def start(self) -> None:
+        """Start the writer task in the running loop."""
+        if self._task is not None:
+            raise RuntimeError("the ledger writer is already running")
+        # The store owns this task: `aclose()` drains and awaits it, and it never raises.
+        self._task = asyncio.create_task(self._run(), name="estuary-ledger-writer")  # noqa: TID251
+
+    async def open(self, row: Mapping[str, Any]) -> None:
+        """Insert one `requests` row; returns once it is committed."""
+        await self._submit("open", row)
+
+    async def settle(self, row: Mapping[str, Any]) -> None:
+        """Close one open row (given by its column values); returns once committed."""
+        await self._submit("settle", {f"s_{name}": value for name, value in row.items()})
+
+    async def _submit(self, kind: Literal["open", "settle"], params: Mapping[str, Any]) -> None:
+        if self._task is None:
+            raise RuntimeError("the ledger store is not started: call `await store.start()` first")
+        if self._closing:
+            raise RuntimeError("the ledger store is closed")
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(kind=kind, params=params, done=done))
+        await done  # if our caller is cancelled, the row is still written
+
+    async def aclose(self) -> None:
+        """Write everything queued so far, then stop. Safe to call twice."""
+        if self._closing:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            return
+        self._closing = True
+        if self._task is not None:
+            self._queue.put_nowait(None)  # after every job already queued
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            while (first := await self._queue.get()) is not None:
+                batch, more = self._take_pending(first)
+                await self._commit(batch)
+                if not more:
+                    break
+        finally:
+            self._fail_pending()
+
+    def _take_pending(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` and whatever else is queued now, up to a batch; False once the stop is seen."""
+        batch = [first]
+        while len(batch) < self._max_batch and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is None:
+                return batch, False
+            batch.append(job)
+        return batch, True
+
+    async def _commit(self, batch: list[_Job]) -> None:
+        try:
+            await self._write(batch)
+        except (IntegrityError, DataError) as exc:
+            if len(batch) == 1:
+                _finish(batch[0], _data_error(batch[0], exc))
+                return
+            for job in batch:  # find the faulty job; the others still get written
+                await self._commit([job])
+        except Exception as exc:  # every waiter must hear of it; the writer goes on
+            for job in batch:
+                _finish(job, exc)
+        except BaseException:  # the writer itself is being cancelled: nobody may wait forever
+            for job in batch:
+                _finish(job, RuntimeError("the ledger writer stopped before this row was written"))
+            raise
+        else:
+            for job in batch:
+                _finish(job, None)
+
+    async def _write(self, batch: list[_Job]) -> None:
+        opens = [job.params for job in batch if job.kind == "open"]
+        settles = [job.params for job in batch if job.kind == "settle"]
+        async with self._engine.begin() as connection:
+            if opens:
+                await connection.execute(_INSERT, opens)
+            if settles:
+                await connection.execute(_SETTLE, settles)
+
+    def _fail_pending(self) -> None:
+        """Nobody may wait forever: fail whatever the writer will no longer write."""
+        self._closing = True
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                _finish(job, RuntimeError("the ledger store closed before this row was written"))
+
+
+def _data_error(job: _Job, exc: Exception) -> Exception:
+    if job.kind == "open" and isinstance(exc, IntegrityError):
+        request_id = job.params.get("request_id")
+        error = ValueError(f"request {request_id!r} is already in the ledger")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def _finish(job: _Job, error: BaseException | None) -> None:
+    if job.done.done():
+        return  # its caller was cancelled; the outcome is still in the database
+    if error is None:
+        job.done.set_result(None)
+    else:
+        job.done.set_exception(error)
