@@ -342,8 +342,9 @@ async def test_usage_as_csv(billing: RunningGateway, http: aiohttp.ClientSession
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/csv")
         lines = (await r.text()).splitlines()
-    assert lines[0] == "alias,requests,errors,prompt_tokens,completion_tokens,cost"
+    assert lines[0] == "alias,requests,errors,prompt_tokens,completion_tokens,cost,cost_micro"
     assert lines[1].startswith("chat,2,0,")
+    assert lines[1].endswith(",0.034000,34000")
     async with http.get(f"{billing.url}/api/usage?by=colour", headers=AUTH) as r:
         assert r.status == 400
     async with http.get(f"{billing.url}/api/usage?since=yesterday", headers=AUTH) as r:

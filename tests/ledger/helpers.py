@@ -31,7 +31,7 @@ ALL_BACKENDS = (
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-    pytest.param("mariadb", id="mariadb"),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
 )
 SQL_BACKENDS = ALL_BACKENDS[1:]
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)

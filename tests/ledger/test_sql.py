@@ -8,10 +8,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from estuary.ledger import MemoryLedger, UsageFilter, open_store
 from estuary.ledger.sql import SQLStore, async_url
-from tests.ledger.helpers import INSTANCE, Database, opened, settled
+from tests.ledger.helpers import (
+    INSTANCE,
+    MARIADB_HOST,
+    MARIADB_PORT,
+    PG_HOST,
+    PG_PORT,
+    Database,
+    opened,
+    settled,
+)
 
 SECRET = "hunter2-Pa55"
 
@@ -55,6 +65,8 @@ def test_urls_get_their_async_driver(url: str, expected: str) -> None:
         (f"postgresql://est:{SECRET}@db:port/ledger", "could not be parsed"),
         (f"sqlite+nosuchdriver:///{SECRET}.db", "driver"),
         (f"sqlite+pysqlite:///{SECRET}.db", "async"),
+        ("sqlite://", "in-memory SQLite"),
+        ("sqlite:///:memory:", "in-memory SQLite"),
     ],
 )
 def test_bad_urls_are_value_errors_that_never_show_the_password(url: str, message: str) -> None:
@@ -171,3 +183,44 @@ async def test_a_cancelled_caller_still_gets_its_row_written(sql_database: Datab
         assert await again.get("req_cancelled") is not None
     finally:
         await again.aclose()
+
+
+async def _drop_server_connections(database: Database) -> int:
+    """Make the server end every connection to `database` (as a restart or idle timeout would)."""
+    if database.backend == "postgresql":
+        admin = create_async_engine(f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/postgres")
+        query = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = :db AND pid <> pg_backend_pid()"
+        )
+    else:
+        admin = create_async_engine(f"mysql+asyncmy://root@{MARIADB_HOST}:{MARIADB_PORT}/")
+        query = "SELECT id FROM information_schema.processlist WHERE db = :db"
+    try:
+        async with admin.connect() as connection:
+            rows = (await connection.execute(text(query), {"db": database.name})).all()
+            if database.backend == "mariadb":
+                for (thread,) in rows:
+                    await connection.execute(text(f"KILL {int(thread)}"))
+        return len(rows)
+    finally:
+        await admin.dispose()
+
+
+async def test_connections_the_server_dropped_are_replaced_without_an_error(
+    sql_database: Database,
+) -> None:
+    """After the server closed the pooled connections, writes and reads still succeed."""
+    if sql_database.backend == "sqlite":
+        pytest.skip("SQLite has no server to drop connections")
+    store = sql_database.store()
+    await store.start(INSTANCE)
+    try:
+        await store.open(opened("req_before"))
+        assert await store.get("req_before") is not None
+        assert await _drop_server_connections(sql_database) >= 1
+        await store.open(opened("req_after"))  # the writer's pooled connection is gone
+        assert await _drop_server_connections(sql_database) >= 1
+        assert await store.get("req_after") is not None  # and so is the readers'
+    finally:
+        await store.aclose()

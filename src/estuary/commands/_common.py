@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from estuary.config import Config, ConfigError, load_config
+from estuary.core.periods import parse_instant
 from estuary.ledger import open_store
 from estuary.ledger.base import Store
 
 __all__ = [
     "ConfigOption",
     "fail",
-    "format_micro",
     "format_time",
     "load",
     "parse_moment",
@@ -43,9 +41,6 @@ ConfigOption = Annotated[
     ),
 ]
 
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_UNIT_S: Final = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400})
-_MICRO: Final = 1_000_000
 _PIPE_WIDTH: Final = 200  # rich assumes 80 columns off a terminal, which would fold the tables
 
 
@@ -106,21 +101,12 @@ def parse_moment(text: str, now: datetime, *, ahead: bool, option: str) -> datet
     """A duration from now (`30d`, `12h`, `90m`, `2w`, `45s`) or a date/time (UTC if naive).
 
     With `ahead` a duration counts forward (`--expires 30d`), else back (`--since 7d`). A bare
-    date means 00:00 UTC of that day.
+    date means 00:00 UTC of that day. A bad value ends the command with exit 2.
     """
-    text = text.strip()
-    if match := _DURATION.fullmatch(text):
-        span = timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
-        return now + span if ahead else now - span
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        fail(
-            f"{option}: expected a duration like 30d, 12h, 90m or a date like 2026-12-31,"
-            f" not {text!r}",
-            2,
-        )
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return parse_instant(text, now=now, future=ahead)
+    except ValueError as exc:
+        fail(f"{option}: {exc}", 2)
 
 
 def format_time(moment: datetime | None, *, never: str = "never") -> str:
@@ -128,13 +114,6 @@ def format_time(moment: datetime | None, *, never: str = "never") -> str:
     if moment is None:
         return never
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def format_micro(micro: int) -> str:
-    """Micro-units as currency units with 6 decimals, exactly (integer arithmetic)."""
-    sign = "-" if micro < 0 else ""
-    whole, fraction = divmod(abs(micro), _MICRO)
-    return f"{sign}{whole}.{fraction:06d}"
 
 
 def stdout_console() -> Console:

@@ -21,7 +21,6 @@ from estuary.auth.keys import generate_key
 from estuary.commands._common import (
     ConfigOption,
     fail,
-    format_micro,
     format_time,
     load,
     parse_moment,
@@ -32,6 +31,7 @@ from estuary.commands._common import (
 from estuary.config import Config
 from estuary.core.policy import KeyPolicy, KeyRecord
 from estuary.ledger.base import Store
+from estuary.ledger.report import format_micro
 
 __all__ = ["keys_app", "policy_summary", "status"]
 

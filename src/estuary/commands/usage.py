@@ -6,7 +6,6 @@ shown as currency units with six decimals, exactly.
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -19,7 +18,6 @@ from rich.table import Table
 from estuary.commands._common import (
     ConfigOption,
     fail,
-    format_micro,
     format_time,
     load,
     parse_moment,
@@ -28,6 +26,7 @@ from estuary.commands._common import (
     with_store,
 )
 from estuary.ledger.base import Store, UsageDimension, UsageFilter, UsageTotal
+from estuary.ledger.report import format_micro, usage_csv
 
 __all__ = ["By", "usage"]
 
@@ -137,18 +136,4 @@ def _write_csv(
     groups: Sequence[By], dimensions: Sequence[UsageDimension], totals: Sequence[UsageTotal]
 ) -> None:
     """One header row, then one row per group; `cost` in units, `cost_micro` exact."""
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    numbers = ["requests", "errors", "prompt_tokens", "completion_tokens", "cost", "cost_micro"]
-    writer.writerow([group.value for group in groups] + numbers)
-    for total in totals:
-        writer.writerow(
-            [total.group.get(d) or "" for d in dimensions]
-            + [
-                total.requests,
-                total.errors,
-                total.prompt_tokens,
-                total.completion_tokens,
-                format_micro(total.cost_micro),
-                total.cost_micro,
-            ]
-        )
+    sys.stdout.write(usage_csv(totals, dimensions, [group.value for group in groups]))

@@ -6,9 +6,6 @@ key's, or one end user's). Usage comes as JSON or, with `?format=csv`, as CSV.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, cast, get_args
 
@@ -22,6 +19,7 @@ from estuary.core.policy import KeyPolicy, KeyRecord, Principal
 from estuary.gateway.session import Gateway
 from estuary.http.inputs import authenticate, read_json
 from estuary.ledger.base import Store, UsageDimension, UsageFilter, UsageTotal
+from estuary.ledger.report import usage_csv
 
 __all__ = ["AdminHandlers", "key_json"]
 
@@ -161,22 +159,6 @@ def key_json(record: KeyRecord) -> dict[str, Any]:
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
         "policy": record.policy.to_json(),
     }
-
-
-def usage_csv(totals: Sequence[UsageTotal], by: Sequence[str]) -> str:
-    """Usage totals as CSV with a header row; cost in currency units with six decimals."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    sums = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost")
-    writer.writerow([*by, *sums])
-    for total in totals:
-        values = _sums(total)
-        writer.writerow(
-            [total.group.get(d) or "" for d in by]
-            + [values[s] for s in sums[:-1]]
-            + [f"{total.cost_micro / 1_000_000:.6f}"]
-        )
-    return out.getvalue()
 
 
 def _sums(total: UsageTotal) -> dict[str, int]:

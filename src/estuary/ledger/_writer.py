@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from sqlalchemy import Update, bindparam, insert, update
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from estuary.ledger.schema import REQUESTS
@@ -100,10 +100,10 @@ class GroupWriter:
         await self._submit("settle", {f"s_{name}": value for name, value in row.items()})
 
     async def _submit(self, kind: Literal["open", "settle"], params: Mapping[str, Any]) -> None:
-        if self._task is None:
-            raise RuntimeError("the ledger store is not started: call `await store.start()` first")
         if self._closing:
             raise RuntimeError("the ledger store is closed")
+        if self._task is None:
+            raise RuntimeError("the ledger store is not started: call `await store.start()` first")
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(kind=kind, params=params, done=done))
         await done  # if our caller is cancelled, the row is still written
@@ -162,11 +162,20 @@ class GroupWriter:
     async def _write(self, batch: list[_Job]) -> None:
         opens = [job.params for job in batch if job.kind == "open"]
         settles = [job.params for job in batch if job.kind == "settle"]
-        async with self._engine.begin() as connection:
-            if opens:
-                await connection.execute(_INSERT, opens)
-            if settles:
-                await connection.execute(_SETTLE, settles)
+        for attempt in (1, 2):
+            try:
+                async with self._engine.begin() as connection:
+                    if opens:
+                        await connection.execute(_INSERT, opens)
+                    if settles:
+                        await connection.execute(_SETTLE, settles)
+                return
+            except DBAPIError as exc:
+                # A pooled connection the server dropped (restart, idle timeout) fails once and
+                # is discarded; the batch then gets one fresh connection rather than a ping
+                # before every batch.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
 
     def _fail_pending(self) -> None:
         """Nobody may wait forever: fail whatever the writer will no longer write."""

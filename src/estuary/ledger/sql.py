@@ -31,7 +31,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from estuary.core.policy import KeyPolicy, KeyRecord
@@ -76,6 +76,7 @@ def async_url(url: str) -> URL:
     """The SQLAlchemy URL of `url` with its async driver (`postgresql://…` → `+asyncpg`).
 
     An explicit `+driver` is kept. MySQL/MariaDB get `charset=utf8mb4` unless one is given.
+    In-memory SQLite is refused (`memory://` is the in-memory store).
     """
     backend, driver = split_scheme(url)
     if backend not in ASYNC_DRIVERS:
@@ -86,6 +87,9 @@ def async_url(url: str) -> URL:
     except (ArgumentError, ValueError):  # a bad port is a ValueError
         raise ValueError("the ledger URL could not be parsed (it is not shown here)") from None
     parsed = parsed.set(drivername=f"{dialect}+{driver or default_driver}")
+    if dialect == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # One shared connection would interleave the writer's and the readers' transactions.
+        raise ValueError("an in-memory SQLite ledger is not supported: use memory://")
     if dialect in ("mysql", "mariadb") and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     return parsed
@@ -102,8 +106,8 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
 
 def _create_engine(url: URL) -> AsyncEngine:
     options: dict[str, Any] = {}
-    if url.get_backend_name() != "sqlite":
-        options["pool_pre_ping"] = True  # a server may have dropped an idle connection
+    # No pool_pre_ping: it costs a round trip on every write. A connection the server dropped
+    # fails one statement, is discarded, and the writer and readers retry once on a fresh one.
     if url.get_backend_name() in ("mysql", "mariadb"):
         options["pool_recycle"] = _MYSQL_RECYCLE_S
     try:
@@ -185,10 +189,8 @@ class SQLStore:
         )
 
     async def get(self, request_id: str) -> LedgerRecord | None:
-        async with self._engine.connect() as connection:
-            result = await connection.execute(select(REQUESTS).where(_R.request_id == request_id))
-            found = result.one_or_none()
-        return None if found is None else _record(found)
+        found = await self._rows(select(REQUESTS).where(_R.request_id == request_id))
+        return _record(found[0]) if found else None
 
     async def usage(
         self, where: UsageFilter, by: Sequence[UsageDimension] = ()
@@ -207,8 +209,7 @@ class SQLStore:
         query = _filtered(query, where)
         if groups:
             query = query.group_by(*(label.element for label in groups))
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = await self._rows(query)
         totals = (
             UsageTotal(
                 group={d: _group_value(v) for d, v in zip(dims, row[: len(dims)], strict=True)},
@@ -225,8 +226,8 @@ class SQLStore:
     async def spent(self, *, key_id: str, end_user: str | None = None) -> int:
         query = select(func.coalesce(func.sum(_R.cost_micro), 0))
         query = _filtered(query, UsageFilter(key_id=key_id, end_user=end_user))
-        async with self._engine.connect() as connection:
-            return int(await connection.scalar(query) or 0)
+        ((total,),) = await self._rows(query)
+        return int(total or 0)
 
     async def add_key(self, record: KeyRecord) -> None:
         require_aware(record.created_at, "created_at")
@@ -249,14 +250,11 @@ class SQLStore:
             ) from None
 
     async def find_key(self, digest: str) -> KeyRecord | None:
-        async with self._engine.connect() as connection:
-            found = (await connection.execute(select(API_KEYS).where(_K.digest == digest))).first()
-        return None if found is None else _key_record(found)
+        found = await self._rows(select(API_KEYS).where(_K.digest == digest))
+        return _key_record(found[0]) if found else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        query = select(API_KEYS).order_by(_K.created_at, _K.key_id)
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = await self._rows(select(API_KEYS).order_by(_K.created_at, _K.key_id))
         return [_key_record(row) for row in rows]
 
     async def revoke_key(self, key_id: str, at: datetime) -> bool:
@@ -279,6 +277,18 @@ class SQLStore:
             await self._writer.aclose()
         finally:
             await self._engine.dispose()
+
+    async def _rows(self, query: Select[Any]) -> Sequence[Row[Any]]:
+        """Run a read; once more on a fresh connection if the server had dropped the pooled one."""
+        for attempt in (1, 2):
+            try:
+                async with self._engine.connect() as connection:
+                    rows: Sequence[Row[Any]] = (await connection.execute(query)).all()
+                return rows
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def _dimension(self, name: UsageDimension) -> ColumnElement[Any]:
         if name == "day":

@@ -1,6 +1,6 @@
 """Alembic's environment for the ledger schema; run by `SQLStore.start()`, not by an alembic.ini.
 
-`estuary.ledger.migrate` passes an open connection, already inside the transaction (and holding the
+`estuary.ledger._migrate` passes an open connection, already inside the transaction (and holding the
 lock) it wants the migrations to run in, as `config.attributes["connection"]`. A developer writing
 a new revision can instead set the `sqlalchemy.url` main option to an async URL
 (`sqlite+aiosqlite:///dev.db`); `target_metadata` is the schema module, for `--autogenerate`.
