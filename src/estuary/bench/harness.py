@@ -344,10 +344,20 @@ async def _target(name: str, plan: BenchPlan) -> AsyncIterator[_Running]:
 
 def _estuary_launch(plan: BenchPlan, upstream_url: str) -> PeerLaunch:
     config = plan.workdir / "estuary-bench.toml"
+    ledger = (plan.workdir / "estuary-bench.db").resolve()
+    for stale in (
+        ledger,
+        ledger.with_name(ledger.name + "-wal"),
+        ledger.with_name(ledger.name + "-shm"),
+    ):
+        stale.unlink(missing_ok=True)  # each run starts with an empty ledger
     config.write_text(
         f"""[server]
 port = {PORTS["estuary"]}
 workers = {plan.workers}
+
+[ledger]
+url = "sqlite:///{ledger}"
 
 [auth]
 keys = ["${{BENCH_GATEWAY_KEY}}"]

@@ -17,13 +17,14 @@ Must not import the HTTP layer or routing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import Update, bindparam, insert, update
+from sqlalchemy import Connection, Update, bindparam, insert, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from estuary.ledger.schema import REQUESTS
 
@@ -78,6 +79,7 @@ class GroupWriter:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._connection: AsyncConnection | None = None  # the writer's own, kept between batches
 
     @property
     def started(self) -> bool:
@@ -128,6 +130,7 @@ class GroupWriter:
                     break
         finally:
             self._fail_pending()
+            await self._drop_connection()
 
     def _take_pending(self, first: _Job) -> tuple[list[_Job], bool]:
         """`first` and whatever else is queued now, up to a batch; False once the stop is seen."""
@@ -164,18 +167,24 @@ class GroupWriter:
         settles = [job.params for job in batch if job.kind == "settle"]
         for attempt in (1, 2):
             try:
-                async with self._engine.begin() as connection:
-                    if opens:
-                        await connection.execute(_INSERT, opens)
-                    if settles:
-                        await connection.execute(_SETTLE, settles)
+                if self._connection is None:
+                    self._connection = await self._engine.connect()
+                await self._connection.run_sync(_write_batch, opens, settles)
                 return
             except DBAPIError as exc:
                 # A pooled connection the server dropped (restart, idle timeout) fails once and
                 # is discarded; the batch then gets one fresh connection rather than a ping
                 # before every batch.
+                if exc.connection_invalidated:
+                    await self._drop_connection()
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     def _fail_pending(self) -> None:
         """Nobody may wait forever: fail whatever the writer will no longer write."""
@@ -184,6 +193,17 @@ class GroupWriter:
             job = self._queue.get_nowait()
             if job is not None:
                 _finish(job, RuntimeError("the ledger store closed before this row was written"))
+
+
+def _write_batch(
+    connection: Connection, opens: list[Mapping[str, Any]], settles: list[Mapping[str, Any]]
+) -> None:
+    """One transaction, run in one hop to the driver's side (one greenlet switch per batch)."""
+    with connection.begin():
+        if opens:
+            connection.execute(_INSERT, opens)
+        if settles:
+            connection.execute(_SETTLE, settles)
 
 
 def _data_error(job: _Job, exc: Exception) -> Exception:
