@@ -134,6 +134,7 @@ class Gateway:
             finish=self._finish,
             reservation=reservation,
             prices=self._prices,
+            principal=principal,
         )
 
     async def cancel(self, principal: Principal, request_id: str) -> None:
@@ -164,6 +165,7 @@ class StreamSession:
         finish: Callable[[SettledRow], Awaitable[None]],
         reservation: Reservation,
         prices: Prices,
+        principal: Principal,
     ) -> None:
         self.request_id = request_id
         self.route = route
@@ -181,6 +183,7 @@ class StreamSession:
         self._settled = False
         self._reservation = reservation
         self._prices = prices
+        self._principal = principal
         self.budget_stopped = False
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
@@ -266,6 +269,8 @@ class StreamSession:
             "stream.end",
             logger="estuary.gateway",
             request_id=row.request_id,
+            key_id=self._principal.key_id,
+            end_user=self._principal.end_user,
             alias=self.route.alias,
             provider=row.provider,
             status=row.status,

@@ -15,6 +15,7 @@ Must not import the HTTP layer, routing, auth or the ledger.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,6 +30,7 @@ from estuary.state.base import Bucket, StateStore
 
 __all__ = ["LimitSettings", "Limiter", "Reservation"]
 
+_SPENT_CACHE: Final = 100_000
 SpentLookup = Callable[[str, str | None], Awaitable[int]]
 _WHAT: Final = MappingProxyType(
     {"rpm": "requests per minute", "tpm": "tokens per minute", "conc": "open streams"}
@@ -72,7 +74,8 @@ class Limiter:
         self._spent_lookup = spent
         self._prices = prices
         self.settings = settings or LimitSettings()
-        self._spent: dict[str, int] = {}  # subject id -> settled spend, cached from the ledger
+        # subject id -> settled spend, read from the ledger once, then kept current here
+        self._spent: OrderedDict[str, int] = OrderedDict()
 
     async def admit(
         self, principal: Principal, targets: Sequence[str], request: UpstreamRequest
@@ -101,9 +104,11 @@ class Limiter:
         """Settled spend of a subject: from the ledger once, then kept up to date here."""
         cached = self._spent.get(subject.id)
         if cached is None:
-            cached = self._spent[subject.id] = await self._spent_lookup(
-                subject.key_id, subject.end_user
-            )
+            cached = await self._spent_lookup(subject.key_id, subject.end_user)
+            self._spent[subject.id] = cached
+            if len(self._spent) > _SPENT_CACHE:
+                self._spent.popitem(last=False)  # the least recently read: read again if needed
+        self._spent.move_to_end(subject.id)
         return cached
 
     def add_spent(self, subject: _Subject, cost: int) -> None:
