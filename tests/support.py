@@ -125,14 +125,19 @@ class RunningGateway:
 
 
 @contextmanager
-def serve_in_thread(config: Config, *, reader: Store | None = None) -> Iterator[RunningGateway]:
+def serve_in_thread(
+    config: Config, *, reader: Store | None = None, ledger: Store | None = None
+) -> Iterator[RunningGateway]:
     """Run Estuary for `config` on a free loopback port until the block exits.
 
-    Without `reader` the server keeps its rows in a `MemoryLedger` the test can read; with one
-    (a store opened by the test on the same database), the server uses `[ledger] url`.
+    By default the server keeps its rows in a `MemoryLedger` the test can read (or in `ledger`);
+    with a `reader` (a store opened by the test on the same database) it uses `[ledger] url`.
     """
-    ledger: Store = MemoryLedger() if reader is None else reader
-    runtime = build_runtime(config, ledger=None if reader is not None else ledger)
+    if reader is None:
+        ledger = ledger if ledger is not None else MemoryLedger()
+    runtime = build_runtime(config, ledger=ledger)
+    ledger = reader if reader is not None else ledger
+    assert ledger is not None
     app = build_app(runtime)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -108,6 +108,20 @@ async def test_a_second_settle_keeps_the_first(store: Store) -> None:
     assert (record.status, record.settled) == ("canceled", first)
 
 
+async def test_a_row_queued_with_open_soon_is_written_before_its_settle(store: Store) -> None:
+    """`open_soon` queues at once: a settle sent before its commit still finds the row."""
+    pending = store.open_soon(opened("req_soon"))
+    close = asyncio.ensure_future(store.settle(settled("req_soon", completion_tokens=7)))
+    await pending
+    await close
+    record = await store.get("req_soon")
+    assert record is not None
+    assert record.settled is not None
+    assert (record.status, record.settled.completion_tokens) == ("completed", 7)
+    with pytest.raises(ValueError, match="already in the ledger"):
+        await store.open_soon(opened("req_soon"))
+
+
 async def test_settling_an_unknown_row_is_ignored_and_writing_goes_on(store: Store) -> None:
     """A settle for a row that was never opened neither fails nor stops later writes."""
     await store.settle(settled("req_never_opened"))

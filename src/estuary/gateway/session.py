@@ -13,6 +13,7 @@ Must not import the HTTP layer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ from estuary.core.errors import (
     EstuaryError,
     NotFound,
     PermissionDenied,
+    ServiceUnavailable,
     StreamFinished,
     UpstreamError,
 )
@@ -109,7 +111,9 @@ class Gateway:
         request_id = new_request_id()
         started = self._clock()
         try:
-            await self._ledger.open(
+            # Queued now, committed while the upstream request goes out; the session waits for
+            # the commit before it relays the first upstream byte (see `StreamSession.events`).
+            opened = self._ledger.open_soon(
                 OpenedRow(
                     request_id=request_id,
                     instance=self._instance,
@@ -135,6 +139,7 @@ class Gateway:
             reservation=reservation,
             prices=self._prices,
             principal=principal,
+            opened=opened,
         )
 
     async def cancel(self, principal: Principal, request_id: str) -> None:
@@ -148,6 +153,15 @@ class Gateway:
     async def _finish(self, row: SettledRow) -> None:
         await self._state.finish_stream(row.request_id)
         await self._ledger.settle(row)
+
+
+async def _committed(opened: asyncio.Future[None]) -> None:
+    """Wait for a row's commit; a ledger that cannot take it stops the stream (503)."""
+    try:
+        await asyncio.shield(opened)
+    except Exception as exc:
+        _log.error("ledger.open_failed", logger="estuary.gateway", error=type(exc).__name__)
+        raise ServiceUnavailable("the usage ledger cannot record this request right now") from None
 
 
 class StreamSession:
@@ -166,6 +180,7 @@ class StreamSession:
         reservation: Reservation,
         prices: Prices,
         principal: Principal,
+        opened: asyncio.Future[None],
     ) -> None:
         self.request_id = request_id
         self.route = route
@@ -184,6 +199,7 @@ class StreamSession:
         self._reservation = reservation
         self._prices = prices
         self._principal = principal
+        self._opened = opened
         self.budget_stopped = False
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
@@ -191,10 +207,14 @@ class StreamSession:
         text = self._text
         reservation = self._reservation if self._reservation.watches else None
         chars = checked = counted = 0  # answer characters: seen, at the last check; tokens so far
+        opened: asyncio.Future[None] | None = self._opened
         async with aclosing(
             stream_with_fallback(self.route, self.request, self.failures)
         ) as events:
             async for event in events:
+                if opened is not None:  # the first event: its ledger row must exist first
+                    await _committed(opened)
+                    opened = None
                 if type(event) is TextDelta:
                     text.append(event.text)
                     if self._first_token_at is None:
@@ -263,6 +283,8 @@ class StreamSession:
         )
         try:
             await self._reservation.settle(prompt, completion, cost)
+            with contextlib.suppress(Exception):  # a row that could not be opened: nothing to close
+                await self._opened
         finally:
             await self._finish(row)
         _log.info(

@@ -93,22 +93,24 @@ class GroupWriter:
         # The store owns this task: `aclose()` drains and awaits it, and it never raises.
         self._task = asyncio.create_task(self._run(), name="estuary-ledger-writer")  # noqa: TID251
 
-    async def open(self, row: Mapping[str, Any]) -> None:
-        """Insert one `requests` row; returns once it is committed."""
-        await self._submit("open", row)
-
     async def settle(self, row: Mapping[str, Any]) -> None:
         """Close one open row (given by its column values); returns once committed."""
-        await self._submit("settle", {f"s_{name}": value for name, value in row.items()})
+        await self.enqueue("settle", {f"s_{name}": value for name, value in row.items()})
 
-    async def _submit(self, kind: Literal["open", "settle"], params: Mapping[str, Any]) -> None:
+    def enqueue(
+        self, kind: Literal["open", "settle"], params: Mapping[str, Any]
+    ) -> asyncio.Future[None]:
+        """Queue a write now; the future completes once it is committed.
+
+        If whoever awaits the future is cancelled, the row is still written.
+        """
         if self._closing:
             raise RuntimeError("the ledger store is closed")
         if self._task is None:
             raise RuntimeError("the ledger store is not started: call `await store.start()` first")
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(kind=kind, params=params, done=done))
-        await done  # if our caller is cancelled, the row is still written
+        return done
 
     async def aclose(self) -> None:
         """Write everything queued so far, then stop. Safe to call twice."""

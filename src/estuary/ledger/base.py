@@ -9,6 +9,7 @@ routing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -137,6 +138,11 @@ class LedgerStore(Protocol):
 
     async def open(self, row: OpenedRow) -> None:
         """Record a new row with status `open`; durable when it returns."""
+
+    def open_soon(self, row: OpenedRow) -> asyncio.Future[None]:
+        """Queue a new row now (in order, ahead of anything queued later, such as its settle);
+        the future completes once it is durable. Lets the gateway send the upstream request
+        while the commit runs, and wait for it before the first upstream byte is relayed."""
 
     async def settle(self, row: SettledRow) -> None:
         """Close an open row; durable when it returns. A row already closed stays as it was."""

@@ -7,6 +7,7 @@ server may hand a fresh one to the gateway directly. Must not import the HTTP la
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -104,10 +105,21 @@ class MemoryLedger:
 
     async def open(self, row: OpenedRow) -> None:
         """Add a row with status `open`; `ValueError` if the request id is already there."""
-        row = replace(row, started_at=utc(row.started_at, "started_at"))
-        if row.request_id in self.rows:
-            raise ValueError(f"request {row.request_id!r} is already in the ledger")
+        await self.open_soon(row)
+
+    def open_soon(self, row: OpenedRow) -> asyncio.Future[None]:
+        """As `open`, at once: the future is already done (or failed)."""
+        done = asyncio.get_running_loop().create_future()
+        try:
+            row = replace(row, started_at=utc(row.started_at, "started_at"))
+            if row.request_id in self.rows:
+                raise ValueError(f"request {row.request_id!r} is already in the ledger")
+        except ValueError as exc:
+            done.set_exception(exc)
+            return done
         self.rows[row.request_id] = LedgerRow(opened=row)
+        done.set_result(None)
+        return done
 
     async def settle(self, row: SettledRow) -> None:
         """Close an open row; a closed or unknown row is left as it is."""

@@ -11,6 +11,7 @@ Never put a URL in a message: it may hold a password. Must not import the HTTP l
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -151,8 +152,12 @@ class SQLStore:
         return result.rowcount
 
     async def open(self, row: OpenedRow) -> None:
+        await self.open_soon(row)
+
+    def open_soon(self, row: OpenedRow) -> asyncio.Future[None]:
         require_aware(row.started_at, "started_at")
-        await self._writer.open(
+        return self._writer.enqueue(
+            "open",
             {
                 "request_id": row.request_id,
                 "instance": row.instance,
@@ -162,7 +167,7 @@ class SQLStore:
                 "alias": row.alias,
                 "api": row.api,
                 "status": "open",
-            }
+            },
         )
 
     async def settle(self, row: SettledRow) -> None:
