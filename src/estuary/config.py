@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "PriceConfig",
     "ProviderConfig",
+    "RoutingConfig",
     "ServerConfig",
     "StateConfig",
     "Target",
@@ -267,6 +268,25 @@ class ModelConfig(_Table):
     first_token_timeout_s: float = Field(default=30.0, gt=0)
     idle_timeout_s: float = Field(default=60.0, gt=0)
     max_tokens: int | None = Field(default=None, ge=1)
+    weights: tuple[Annotated[float, Field(ge=0)], ...] | None = None
+    degrade_to: str | None = None
+    degrade_at: float = Field(default=0.8, gt=0, le=1)  # share of the budget spent
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> Self:
+        if self.weights is not None and (
+            len(self.weights) != len(self.targets) or not any(self.weights)
+        ):
+            message = "one weight per target, at least one above 0 (0 = fallback only)"
+            raise _Invalid([(("weights",), message)])
+        return self
+
+
+class RoutingConfig(_Table):
+    """`[routing]`: circuit breakers, per target."""
+
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
 class PriceConfig(_Table):
@@ -289,6 +309,7 @@ class Config(_Table):
     models: dict[Annotated[str, Field(pattern=_ALIAS)], ModelConfig] = Field(default_factory=dict)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     templates: dict[Annotated[str, Field(pattern=_NAME)], TemplateConfig] = Field(
         default_factory=dict
     )
@@ -320,6 +341,8 @@ class Config(_Table):
         if not self.models:
             problems.append((("models",), "define at least one model alias, e.g. [models.chat]"))
         for alias, model in self.models.items():
+            if model.degrade_to is not None and model.degrade_to not in self.models:
+                problems.append((("models", alias, "degrade_to"), "names no alias in [models]"))
             for i, target in enumerate(model.targets):
                 if target.provider not in self.providers:
                     message = f"no provider {target.provider!r} in [providers]"

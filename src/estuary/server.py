@@ -36,6 +36,7 @@ from estuary.providers.base import Provider, Timeouts
 from estuary.providers.demo import DemoProvider
 from estuary.providers.openai import OpenAIProvider
 from estuary.providers.upstream_http import UpstreamPool
+from estuary.routing.breaker import Breakers, BreakerSettings
 from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
@@ -106,7 +107,13 @@ def build_runtime(
         )
         targets = tuple(Target(providers[t.provider], t.model) for t in model.targets)
         routes[alias] = Route(
-            alias=alias, targets=targets, timeouts=timeouts, max_tokens=model.max_tokens
+            alias=alias,
+            targets=targets,
+            timeouts=timeouts,
+            max_tokens=model.max_tokens,
+            weights=model.weights,
+            degrade_to=model.degrade_to,
+            degrade_at=model.degrade_at,
         )
     state = state if state is not None else MemoryState()
     if ledger is None:
@@ -134,7 +141,16 @@ def build_runtime(
 
     authenticator = _authenticator(config, ledger, settings.user)
     gateway = Gateway(
-        router=Router(routes, default=server.default_model),
+        router=Router(
+            routes,
+            default=server.default_model,
+            breakers=Breakers(
+                BreakerSettings(
+                    failures=config.routing.breaker_failures,
+                    cooldown_s=config.routing.breaker_cooldown_s,
+                )
+            ),
+        ),
         ledger=ledger,
         state=state,
         limiter=Limiter(state, spent=spent, prices=prices, settings=settings),

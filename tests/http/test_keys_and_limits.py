@@ -349,3 +349,36 @@ async def test_usage_as_csv(billing: RunningGateway, http: aiohttp.ClientSession
         assert r.status == 400
     async with http.get(f"{billing.url}/api/usage?since=yesterday", headers=AUTH) as r:
         assert r.status == 400
+
+
+async def test_a_low_budget_degrades_to_the_cheaper_alias(
+    make_gateway: Make, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    degrade = """
+[models.premium]
+targets = ["fake/premium-model"]
+degrade_to = "cheap"
+degrade_at = 0.5
+
+[models.cheap]
+targets = ["spare/cheap-model"]
+
+[prices."fake/premium-model"]
+input_per_mtok = 1000.0
+output_per_mtok = 2000.0
+"""
+    gateway = make_gateway(extra=EXTRA + degrade)
+    created = await create_key(http, gateway, name="thrifty", budget=0.1)
+    upstream.script("premium-model", Scenario(tokens=30))
+    body = {"message": "hi", "model": "premium", "max_tokens": 10}
+    status, headers, events = await stream(http, gateway, created["key"], body)
+    assert status == 200
+    row = await gateway.row(headers["X-Request-Id"])
+    assert row.settled is not None
+    assert row.settled.cost_micro is not None
+    assert row.settled.cost_micro > 50_000  # over half of the 100,000 budget
+    status, headers, events = await stream(http, gateway, created["key"], body)
+    assert status == 200
+    assert events[0]["provider"] == "spare"
+    assert upstream.requests[-1].body["model"] == "cheap-model"
+    assert (await gateway.row(headers["X-Request-Id"])).opened.alias == "cheap"

@@ -157,3 +157,54 @@ async def test_upstream_silent_mid_stream_times_out_in_band(
     assert got.comments >= 1  # heartbeats went on while the upstream was silent
     (seen,) = upstream.requests
     await asyncio.wait_for(seen.client_gone.wait(), timeout=5)  # and the upstream was closed
+
+
+async def test_the_breaker_stops_calling_a_dead_target_and_recovers_when_it_returns(
+    make_gateway: Callable[..., RunningGateway],
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """After 2 failures the primary is skipped; after the cooldown one probe finds it back."""
+    gateway = make_gateway(extra="[routing]\nbreaker_failures = 2\nbreaker_cooldown_s = 0.5\n")
+    upstream.script("primary-model", Scenario(fail_status=503))
+    upstream.script("backup-model", Scenario(tokens=2))
+
+    async def ask() -> tuple[str, str]:
+        async with http.post(
+            f"{gateway.url}/api/chat/stream", json=chat("fallback-chat"), headers=AUTH
+        ) as response:
+            got = await read_app_stream(response)
+        assert got.events[-1]["type"] == "done"
+        return got.events[0]["provider"], got.headers["X-Request-Id"]
+
+    def primary_calls() -> int:
+        return sum(r.body.get("model") == "primary-model" for r in upstream.requests)
+
+    for _ in range(2):
+        assert (await ask())[0] == "spare"
+    assert primary_calls() == 2
+    provider, request_id = await ask()
+    assert provider == "spare"
+    assert primary_calls() == 2  # open: the dead target was not called
+    row = await gateway.row(request_id)
+    assert row.settled is not None
+    assert (row.settled.attempts, row.settled.failures) == (1, ())
+    upstream.script("primary-model", Scenario(tokens=3))  # it came back
+    await asyncio.sleep(0.6)
+    assert (await ask())[0] == "fake"  # the probe
+    assert (await ask())[0] == "fake"  # closed again
+    assert primary_calls() == 4
+
+
+async def test_each_failed_attempt_is_in_the_ledger_row(
+    gateway: RunningGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.script("primary-model", Scenario(fail_status=429, retry_after="1"))
+    async with http.post(
+        f"{gateway.url}/api/chat/stream", json=chat("fallback-chat"), headers=AUTH
+    ) as response:
+        got = await read_app_stream(response)
+    row = await gateway.row(got.headers["X-Request-Id"])
+    assert row.settled is not None
+    assert row.settled.failures == ("fake/primary-model: upstream_rate_limited",)
+    assert (row.settled.provider, row.settled.attempts) == ("spare", 2)

@@ -24,6 +24,7 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
         ├── UpstreamRateLimited       429 upstream_rate_limited     fallback (+ Retry-After)
         ├── UpstreamAuthFailed        502 upstream_auth_failed      fallback
         ├── UpstreamRejected          400 upstream_rejected         no fallback: the request itself
+        ├── UpstreamUnavailable       503 upstream_unavailable      every target's breaker is open
         └── UpstreamProtocolError     502 upstream_protocol_error   fallback
 """
 
@@ -52,6 +53,7 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamRejected",
     "UpstreamTimeout",
+    "UpstreamUnavailable",
 ]
 
 
@@ -184,6 +186,20 @@ class UpstreamRejected(UpstreamError):
 
     status_code, code, type = 400, "upstream_rejected", "invalid_request_error"
     retryable, fallback = False, False
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Every target of the alias is paused by its circuit breaker: retry after `retry_after_s`."""
+
+    status_code, code, fallback = 503, "upstream_unavailable", False
+
+    def __init__(self, alias: str, detail: str, *, retry_after_s: float) -> None:
+        super().__init__(alias, detail)
+        self._retry_after_s = retry_after_s
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self._retry_after_s
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -30,7 +30,6 @@ from estuary.core.errors import (
     PermissionDenied,
     ServiceUnavailable,
     StreamFinished,
-    UpstreamError,
 )
 from estuary.core.events import StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
 from estuary.core.ids import new_request_id
@@ -41,8 +40,9 @@ from estuary.core.usage import TokenCount, estimate_tokens
 from estuary.ledger.base import LedgerStore, OpenedRow, SettledRow
 from estuary.limits.limiter import Limiter, Reservation
 from estuary.limits.policy import PolicyEnforcer, PromptTemplate
-from estuary.routing.fallback import stream_with_fallback
-from estuary.routing.routes import Route, Router
+from estuary.routing.breaker import Breakers
+from estuary.routing.fallback import Attempt, stream_with_fallback
+from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 
 __all__ = ["Gateway", "Outcome", "StreamSession"]
@@ -102,6 +102,10 @@ class Gateway:
         if user is not None and user.models is not None and route.alias not in user.models:
             raise PermissionDenied(f"this user may not use the model '{route.alias}'")
         request = self._policy.apply(principal.policy, route.alias, request)
+        if route.degrade_to is not None and (
+            await self._limiter.budget_used(principal) >= route.degrade_at
+        ):
+            route = self.router.resolve(route.degrade_to)  # a cheaper model for a low budget
         if route.max_tokens is not None and (
             request.max_tokens is None or request.max_tokens > route.max_tokens
         ):
@@ -140,6 +144,8 @@ class Gateway:
             prices=self._prices,
             principal=principal,
             opened=opened,
+            order=route.order(self.router.rng),
+            breakers=self.router.breakers,
         )
 
     async def cancel(self, principal: Principal, request_id: str) -> None:
@@ -181,6 +187,8 @@ class StreamSession:
         prices: Prices,
         principal: Principal,
         opened: asyncio.Future[None],
+        order: tuple[Target, ...],
+        breakers: Breakers,
     ) -> None:
         self.request_id = request_id
         self.route = route
@@ -189,7 +197,7 @@ class StreamSession:
         self.provider: str | None = None
         self.upstream_model: str | None = None
         self.usage: Usage | None = None
-        self.failures: list[UpstreamError] = []
+        self.failures: list[Attempt] = []
         self._started = started
         self._clock = clock
         self._finish = finish
@@ -200,6 +208,8 @@ class StreamSession:
         self._prices = prices
         self._principal = principal
         self._opened = opened
+        self._order = order
+        self._breakers = breakers
         self.budget_stopped = False
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
@@ -209,7 +219,13 @@ class StreamSession:
         chars = checked = counted = 0  # answer characters: seen, at the last check; tokens so far
         opened: asyncio.Future[None] | None = self._opened
         async with aclosing(
-            stream_with_fallback(self.route, self.request, self.failures)
+            stream_with_fallback(
+                self.route,
+                self.request,
+                self.failures,
+                order=self._order,
+                breakers=self._breakers,
+            )
         ) as events:
             async for event in events:
                 if opened is not None:  # the first event: its ledger row must exist first
@@ -279,7 +295,7 @@ class StreamSession:
             ttft_ms=None if ttft is None else (ttft - self._started) * 1000,
             duration_ms=(now - self._started) * 1000,
             attempts=len(self.failures) + started,
-            failures=tuple(f"{f.provider}: {f.code}" for f in self.failures),
+            failures=tuple(f"{f.target}: {f.error.code}" for f in self.failures),
         )
         try:
             await self._reservation.settle(prompt, completion, cost)

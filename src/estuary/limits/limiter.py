@@ -100,6 +100,15 @@ class Limiter:
             raise
         return reservation
 
+    async def budget_used(self, principal: Principal) -> float:
+        """The largest share (0–1+) of any of the caller's budgets already spent."""
+        shares = [
+            await self.spent(subject) / budget
+            for subject in self._subjects(principal)
+            if (budget := subject.limits.budget_micro)
+        ]
+        return max(shares, default=0.0)
+
     async def spent(self, subject: _Subject) -> int:
         """Settled spend of a subject: from the ledger once, then kept up to date here."""
         cached = self._spent.get(subject.id)

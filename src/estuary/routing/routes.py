@@ -5,11 +5,13 @@ Must not import the HTTP layer.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from estuary.core.errors import ModelNotFound
 from estuary.providers.base import Provider, Timeouts
+from estuary.routing.breaker import Breakers
 
 __all__ = ["Route", "Router", "Target"]
 
@@ -34,16 +36,35 @@ class Route:
     targets: tuple[Target, ...]
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_tokens: int | None = None  # a cap on what a client may ask for
+    weights: tuple[float, ...] | None = None  # spread first attempts; 0 = fallback only
+    degrade_to: str | None = None  # the alias for callers whose budget runs low …
+    degrade_at: float = 0.8  # … once they have spent this share of it
+
+    def order(self, rng: random.Random) -> tuple[Target, ...]:
+        """The targets in the order to try them: a weighted pick first, then the list order."""
+        if self.weights is None:
+            return self.targets
+        (first,) = rng.choices(range(len(self.targets)), weights=self.weights)
+        return (self.targets[first], *(t for i, t in enumerate(self.targets) if i != first))
 
 
 class Router:
     """Resolves the `model` a client sent (or the default) to a `Route`."""
 
-    def __init__(self, routes: Mapping[str, Route], *, default: str | None = None) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        *,
+        default: str | None = None,
+        breakers: Breakers | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         if not routes:
             raise ValueError("a router needs at least one route")
         self._routes = dict(routes)
         self._default = default if default is not None else next(iter(self._routes))
+        self.breakers = breakers if breakers is not None else Breakers()
+        self.rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
 
     @property
     def aliases(self) -> list[str]:
