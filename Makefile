@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := src tests $(wildcard bench)
 
-.PHONY: install run test lint fmt bench clean
+.PHONY: install run test test-js lint fmt bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,19 @@ fmt: install
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-js
+
+# The JavaScript client (clients/js): node --test against a real Estuary from .venv, then tsc.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed-stamp
+
+test-js: install $(JS_STAMP)
+	cd $(JS) && ESTUARY_PYTHON=$(abspath $(BIN))/python npm test --silent
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "clients/js needs Node >= 18 and npm" >&2; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund --silent
+	touch $@
 
 bench: install
 	bench/peers/setup.sh

@@ -271,6 +271,7 @@ class ModelConfig(_Table):
     weights: tuple[Annotated[float, Field(ge=0)], ...] | None = None
     degrade_to: str | None = None
     degrade_at: float = Field(default=0.8, gt=0, le=1)  # share of the budget spent
+    midstream_failover: bool = False  # experimental: see docs/configuration.md
 
     @model_validator(mode="after")
     def _weights_match(self) -> Self:

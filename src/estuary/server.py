@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
@@ -32,8 +32,10 @@ from estuary.ledger import open_store
 from estuary.ledger.base import Store
 from estuary.limits.limiter import Limiter, LimitSettings
 from estuary.limits.policy import PolicyEnforcer, PromptTemplate
+from estuary.providers.anthropic import AnthropicProvider
 from estuary.providers.base import Provider, Timeouts
 from estuary.providers.demo import DemoProvider
+from estuary.providers.gemini import GeminiProvider
 from estuary.providers.openai import OpenAIProvider
 from estuary.providers.upstream_http import UpstreamPool
 from estuary.routing.breaker import Breakers, BreakerSettings
@@ -98,23 +100,7 @@ def build_runtime(
         name: _provider(name, provider, pool, redactor)
         for name, provider in config.providers.items()
     }
-    routes = {}
-    for alias, model in config.models.items():
-        timeouts = Timeouts(
-            connect_s=min(config.providers[t.provider].connect_timeout_s for t in model.targets),
-            first_token_s=model.first_token_timeout_s,
-            idle_s=model.idle_timeout_s,
-        )
-        targets = tuple(Target(providers[t.provider], t.model) for t in model.targets)
-        routes[alias] = Route(
-            alias=alias,
-            targets=targets,
-            timeouts=timeouts,
-            max_tokens=model.max_tokens,
-            weights=model.weights,
-            degrade_to=model.degrade_to,
-            degrade_at=model.degrade_at,
-        )
+    routes = _routes(config, providers)
     state = state if state is not None else MemoryState()
     if ledger is None:
         try:
@@ -183,6 +169,28 @@ def build_runtime(
         redactor=redactor,
         instance=instance,
     )
+
+
+def _routes(config: Config, providers: Mapping[str, Provider]) -> dict[str, Route]:
+    routes = {}
+    for alias, model in config.models.items():
+        timeouts = Timeouts(
+            connect_s=min(config.providers[t.provider].connect_timeout_s for t in model.targets),
+            first_token_s=model.first_token_timeout_s,
+            idle_s=model.idle_timeout_s,
+        )
+        targets = tuple(Target(providers[t.provider], t.model) for t in model.targets)
+        routes[alias] = Route(
+            alias=alias,
+            targets=targets,
+            timeouts=timeouts,
+            max_tokens=model.max_tokens,
+            weights=model.weights,
+            degrade_to=model.degrade_to,
+            degrade_at=model.degrade_at,
+            midstream_failover=model.midstream_failover,
+        )
+    return routes
 
 
 def _user_limits(user: UserLimitsConfig) -> KeyPolicy:
@@ -262,6 +270,25 @@ def _provider(
         return DemoProvider(name)
     if config.format == "openai":
         return OpenAIProvider(
+            name,
+            base_url=config.base_url,
+            api_key=config.api_key,
+            pool=pool,
+            headers=config.headers,
+            redact=redactor,
+            flavor=config.preset,
+        )
+    if config.format == "gemini":
+        return GeminiProvider(
+            name,
+            base_url=config.base_url,
+            api_key=config.api_key,
+            pool=pool,
+            headers=config.headers,
+            redact=redactor,
+        )
+    if config.format == "anthropic":
+        return AnthropicProvider(
             name,
             base_url=config.base_url,
             api_key=config.api_key,

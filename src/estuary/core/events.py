@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "Failover",
     "FinishReason",
     "ReasoningDelta",
     "StreamEnd",
@@ -82,4 +83,19 @@ class StreamEnd:
     kind: Literal["end"] = "end"
 
 
-StreamEvent = StreamStart | TextDelta | ReasoningDelta | ToolCall | Usage | StreamEnd
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failover:
+    """Mid-stream failover: the target died after some answer text; another one continues it.
+
+    Routing yields it at the seam, only when the alias has `midstream_failover` on; the text
+    after it comes from `provider`/`model` (the upstream model), which was given the text so far
+    as the start of its answer. `reason` is the error code of the failure that ended the last one.
+    """
+
+    provider: str
+    model: str
+    reason: str
+    kind: Literal["failover"] = "failover"
+
+
+StreamEvent = StreamStart | TextDelta | ReasoningDelta | ToolCall | Usage | StreamEnd | Failover

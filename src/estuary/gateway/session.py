@@ -31,7 +31,7 @@ from estuary.core.errors import (
     ServiceUnavailable,
     StreamFinished,
 )
-from estuary.core.events import StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
+from estuary.core.events import Failover, StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
 from estuary.core.ids import new_request_id
 from estuary.core.policy import Principal
 from estuary.core.prices import Prices
@@ -94,7 +94,11 @@ class Gateway:
         return [a for a in self.router.aliases if all(m is None or a in m for m in allowed)]
 
     async def admit(
-        self, principal: Principal, request: UpstreamRequest, *, api: Literal["openai", "app"]
+        self,
+        principal: Principal,
+        request: UpstreamRequest,
+        *,
+        api: Literal["openai", "anthropic", "app"],
     ) -> StreamSession:
         """Check, reserve, open the ledger row, register for cancel; nothing has streamed yet."""
         route = self.router.resolve(request.model)
@@ -211,6 +215,10 @@ class StreamSession:
         self._order = order
         self._breakers = breakers
         self.budget_stopped = False
+        # Mid-stream failover: the text chunks relayed before each seam, and the usage the
+        # earlier attempts reported together (None once one of them reported none).
+        self._seams: tuple[int, ...] = ()
+        self._earlier: Usage | None = None
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """The upstream's events through fallback, noting provider, first token, text and usage."""
@@ -248,21 +256,43 @@ class StreamSession:
                 elif isinstance(event, StreamStart):
                     self.provider, self.upstream_model = event.provider, event.model
                 elif isinstance(event, Usage):
-                    self.usage = event
+                    self.usage = event  # the running attempt's; a later report replaces it
+                elif type(event) is Failover:
+                    self._failed_over(event, len(text))
                 elif self._first_token_at is None and event.kind in ("reasoning", "tool_call"):
                     self._first_token_at = self._clock()
                 yield event
 
+    def _failed_over(self, event: Failover, chunks: int) -> None:
+        """Another target continues the answer from here; the row names it from now on."""
+        if self.usage is None or (self._seams and self._earlier is None):
+            self._earlier = None  # an attempt reported nothing: the whole count is estimated
+        else:
+            self._earlier = _added(self._earlier, self.usage)
+        self.usage = None
+        self._seams += (chunks,)
+        self.provider, self.upstream_model = event.provider, event.model
+
     def token_count(self, *, complete: bool) -> TokenCount:
-        """Reported usage if the upstream gave it, else an estimate (`partial` if cut short)."""
-        if self.usage is not None:
+        """Reported usage if the upstream gave it, else an estimate (`partial` if cut short).
+
+        After a mid-stream failover the usage is the sum over the attempts when every one of
+        them reported it; else all is estimated, each attempt's prompt with the answer text it
+        was given to continue.
+        """
+        usage = self.usage
+        if self._seams:
+            usage = None if usage is None or self._earlier is None else _added(self._earlier, usage)
+        if usage is not None:
             return TokenCount(
-                prompt_tokens=self.usage.prompt_tokens,
-                completion_tokens=self.usage.completion_tokens,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
                 source="reported",
             )
+        prompt = estimate_tokens(prompt_text(self.request))
+        given = sum(estimate_tokens("".join(self._text[:seam])) for seam in self._seams)
         return TokenCount(
-            prompt_tokens=estimate_tokens(prompt_text(self.request)),
+            prompt_tokens=prompt * (len(self._seams) + 1) + given,
             completion_tokens=estimate_tokens("".join(self._text)),
             source="estimated" if complete and not self.budget_stopped else "partial",
         )
@@ -323,3 +353,13 @@ class StreamSession:
             attempts=row.attempts,
         )
         return tokens
+
+
+def _added(earlier: Usage | None, later: Usage) -> Usage:
+    """Two attempts' usage together (mid-stream failover); `later` alone if there is no other."""
+    if earlier is None:
+        return later
+    return Usage(
+        prompt_tokens=earlier.prompt_tokens + later.prompt_tokens,
+        completion_tokens=earlier.completion_tokens + later.completion_tokens,
+    )

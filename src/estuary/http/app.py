@@ -51,6 +51,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/messages", handlers.anthropic_messages, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/api/chat/stream", handlers.app_stream_post, methods=["POST"]),
         Route("/api/chat/stream", handlers.app_stream_get, methods=["GET"]),

@@ -1,12 +1,15 @@
 """Non-streamed answers: the upstream is still streamed (so usage is counted and a client that
-leaves still cancels it), collected here, and sent as one OpenAI JSON object."""
+leaves still cancels it), collected here, and sent as one OpenAI JSON object — or, with a
+`shape`, as another API's object built from the collected `Answer`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -21,16 +24,34 @@ from estuary.http.encoders import openai_finish_reason
 from estuary.http.stopper import Stopper
 from estuary.http.streaming import error_messages
 
-__all__ = ["CollectedResponse"]
+__all__ = ["Answer", "AnswerShape", "CollectedResponse"]
 
 _log: Final = logging.getLogger("estuary.stream")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """A whole collected answer, for building another API's response object."""
+
+    request_id: str
+    alias: str
+    text: str
+    reasoning: str
+    calls: tuple[ToolCall, ...]
+    finish_reason: str
+    tokens: TokenCount
+
+
+AnswerShape = Callable[[Answer], dict[str, Any]]
 
 
 class CollectedResponse:
     """An ASGI response with the whole answer as `chat.completion` or `text_completion`."""
 
-    def __init__(self, session: StreamSession) -> None:
+    def __init__(self, session: StreamSession, *, shape: AnswerShape | None = None) -> None:
+        """`shape` builds the body from the `Answer`; without one it is OpenAI's."""
         self._session = session
+        self._shape = shape
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._calls: list[ToolCall] = []
@@ -56,7 +77,9 @@ class CollectedResponse:
                     await send(message)
                 return
             outcome = Outcome(status="completed", finish_reason=self._finish_reason)
-            body = orjson.dumps(self._body(self._session.token_count(complete=True)))
+            tokens = self._session.token_count(complete=True)
+            shaped = self._shape(self._answer(tokens)) if self._shape else self._body(tokens)
+            body = orjson.dumps(shaped)
             await send(
                 {
                     "type": "http.response.start",
@@ -97,6 +120,17 @@ class CollectedResponse:
         while (await receive())["type"] != "http.disconnect":
             pass
         self._client_left = stopper.stop()
+
+    def _answer(self, tokens: TokenCount) -> Answer:
+        return Answer(
+            request_id=self._session.request_id,
+            alias=self._session.route.alias,
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            calls=tuple(self._calls),
+            finish_reason=self._finish_reason,
+            tokens=tokens,
+        )
 
     def _body(self, tokens: TokenCount) -> dict[str, Any]:
         session = self._session

@@ -6,6 +6,9 @@
   `text_completion` streams, ending with `[DONE]` — or, after a failure, with an error object and
   no `[DONE]`, so SDKs raise instead of returning a truncated answer as if it were whole.
 
+A mid-stream failover seam (`Failover`) is an `attempt` event in the app API; OpenAI's formats
+have no such message, and text mode no room for one, so there the answer simply continues.
+
 Each encoder produces at most one terminal message (`done()` or `error()`). Encoders hold per-stream
 state (sequence numbers, whether the start was sent) and are built per request.
 """
@@ -18,7 +21,14 @@ from typing import Any, Final, Protocol
 import orjson
 
 from estuary.core.errors import EstuaryError
-from estuary.core.events import ReasoningDelta, StreamEvent, StreamStart, TextDelta, ToolCall
+from estuary.core.events import (
+    Failover,
+    ReasoningDelta,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCall,
+)
 from estuary.core.usage import TokenCount
 from estuary.sse import encode_comment
 
@@ -82,6 +92,9 @@ class AppSSEEncoder:
                 return self._message(payload)
             case StreamStart(provider=provider):
                 return self._start(provider)
+            case Failover(provider=provider, model=model, reason=reason):
+                body = {"type": "attempt", "provider": provider, "model": model, "reason": reason}
+                return self._message(body)
             case _:
                 return b""  # usage and the end are folded into `done`
 

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 
 from estuary.auth.keys import Authenticator
 from estuary.auth.tickets import TicketIssuer
-from estuary.core.errors import InvalidRequest
+from estuary.core.errors import EstuaryError, InvalidRequest
 from estuary.core.policy import Principal
 from estuary.core.requests import (
     ChatRequest,
@@ -26,6 +26,14 @@ from estuary.core.requests import (
     parse_openai_completion,
 )
 from estuary.gateway.session import Gateway
+from estuary.http.anthropic_api import (
+    AnthropicEncoder,
+    AnthropicErrors,
+    anthropic_error_response,
+    anthropic_message,
+    authenticate_anthropic,
+    parse_anthropic_messages,
+)
 from estuary.http.collect import CollectedResponse
 from estuary.http.encoders import (
     AppSSEEncoder,
@@ -72,6 +80,19 @@ class Handlers:
         completion = parse_openai_completion(await read_json(request, self._s.max_body_bytes))
         return await self._respond(principal, completion, "openai")
 
+    async def anthropic_messages(self, request: Request) -> ASGIApp:
+        """Anthropic's `POST /v1/messages`, from any target, its errors in Anthropic's shape."""
+        try:
+            principal = await authenticate_anthropic(request, self._s.authenticator)
+            chat = parse_anthropic_messages(await read_json(request, self._s.max_body_bytes))
+            session = await self._s.gateway.admit(principal, chat, api="anthropic")
+        except EstuaryError as exc:
+            return anthropic_error_response(exc)
+        if not chat.stream:
+            return AnthropicErrors(CollectedResponse(session, shape=anthropic_message))
+        encoder = AnthropicEncoder(session.request_id, session.route.alias)
+        return AnthropicErrors(StreamResponse(session, encoder, self._s.stream))
+
     async def models(self, request: Request) -> Response:
         principal = await authenticate(request, self._s.authenticator)
         data = [
@@ -109,7 +130,7 @@ class Handlers:
         self,
         principal: Principal,
         request: UpstreamRequest,
-        api: Literal["openai", "app"],
+        api: Literal["openai", "anthropic", "app"],
         *,
         text: bool = False,
     ) -> ASGIApp:

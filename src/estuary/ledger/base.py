@@ -45,7 +45,7 @@ class OpenedRow:
     key_id: str
     end_user: str | None
     alias: str
-    api: Literal["openai", "app"]
+    api: Literal["openai", "anthropic", "app"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

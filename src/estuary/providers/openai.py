@@ -18,7 +18,7 @@ from estuary.core.errors import UpstreamError, UpstreamTimeout
 from estuary.core.events import StreamEvent, StreamStart
 from estuary.core.redaction import Redactor
 from estuary.core.requests import ChatRequest, UpstreamRequest
-from estuary.providers.base import Timeouts
+from estuary.providers.base import Timeouts, with_assistant_prefix
 from estuary.providers.http_errors import connection_failure, error_for_status
 from estuary.providers.openai_wire import OpenAIStreamParser, chat_body, completion_body
 from estuary.providers.upstream_http import (
@@ -36,6 +36,23 @@ _MAX_ERROR_BODY: Final = 16 * 1024
 _DRAIN_S: Final = 0.5
 
 
+def _prefix_flag(flavor: str | None, endpoint: Endpoint) -> str | None:
+    """The message flag with which this upstream continues a trailing assistant message, if any.
+
+    - Kimi "Partial Mode": the last message `{"role": "assistant", "content": …, "partial": true}`
+      is continued, and the answer leaves that text out
+      (https://platform.moonshot.cn/docs/api/partial).
+    - DeepSeek "Chat Prefix Completion (Beta)": the same with `"prefix": true`, but only on the
+      beta endpoint, `base_url = "https://api.deepseek.com/beta"`
+      (https://api-docs.deepseek.com/guides/chat_prefix_completion); the preset's `/v1` is not.
+    """
+    if flavor == "moonshot":
+        return "partial"
+    if flavor == "deepseek" and endpoint.prefix.endswith("/beta"):
+        return "prefix"
+    return None
+
+
 class OpenAIProvider:
     """Streams from an OpenAI-compatible `/chat/completions` and `/completions`."""
 
@@ -48,8 +65,11 @@ class OpenAIProvider:
         pool: UpstreamPool,
         headers: Mapping[str, str] | None = None,
         redact: Redactor | None = None,
+        flavor: str | None = None,
     ) -> None:
+        """`flavor` is the preset this upstream speaks (`"zhipu"`, `"spark"`, …), for its quirks."""
         self._name = name
+        self._flavor = flavor
         self._endpoint = Endpoint.parse(base_url)
         self._pool = pool
         fixed = {
@@ -65,10 +85,20 @@ class OpenAIProvider:
             for path in ("/chat/completions", "/completions")
         }
         self._redact = (redact or Redactor()).extended([api_key] if api_key else [])
+        self._prefix_flag = _prefix_flag(flavor, self._endpoint)
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def continues_prefix(self) -> bool:
+        """Whether this upstream can continue a partial answer (`base.ContinuesPrefix`)."""
+        return self._prefix_flag is not None
+
+    def continuation(self, request: ChatRequest, partial: str) -> ChatRequest:
+        """`request` with `partial` as the assistant's answer so far, flagged for this upstream."""
+        return with_assistant_prefix(request, partial, self._prefix_flag)
 
     async def aclose(self) -> None:
         """Nothing to release: the pool belongs to whoever built the providers."""
@@ -79,7 +109,7 @@ class OpenAIProvider:
         kind: Literal["chat", "completion"] = (
             "chat" if isinstance(request, ChatRequest) else "completion"
         )
-        parser = OpenAIStreamParser(self._name, kind=kind, redact=self._redact)
+        parser = OpenAIStreamParser(self._name, kind=kind, redact=self._redact, flavor=self._flavor)
         response: UpstreamResponse | None = None
         phase = "no answer within the first-token timeout"
         try:
@@ -137,7 +167,9 @@ class OpenAIProvider:
             body = await _read_some(response, _MAX_ERROR_BODY)
             retry_after = response.headers.get("retry-after")
             response.abort()
-            raise error_for_status(self._name, response.status, body, retry_after, self._redact)
+            raise error_for_status(
+                self._name, response.status, body, retry_after, self._redact, flavor=self._flavor
+            )
         while True:
             chunk = await response.read()
             if not chunk:

@@ -2,9 +2,15 @@
 
 `chat_body()` / `completion_body()` build the upstream request; `OpenAIStreamParser` turns the
 upstream's SSE bytes, split anywhere, into core events. The parser covers what OpenAI-compatible
-servers actually send: `reasoning_content` (DeepSeek, Kimi, Qwen) or `reasoning` (OpenRouter, vLLM),
-tool-call fragments assembled by index, usage in its own chunk or inside the last one, error
-objects inside a 200 stream, and streams that end without `[DONE]` after a finish reason.
+servers actually send: `reasoning_content` (DeepSeek, Kimi, Qwen, GLM, Spark X1) or `reasoning`
+(OpenRouter, vLLM), tool-call fragments assembled by index, usage in its own chunk, inside the last
+one or inside its choice (Moonshot), error objects inside a 200 stream (read by
+`http_errors.error_in_stream` with the preset's own codes; Spark's flat `{"code": 10013, …}` too),
+finish reasons the providers invent (`sensitive`, `network_error`, `insufficient_system_resource`,
+…), and streams that end without `[DONE]` after a finish reason.
+
+The common OpenAI chunk costs no more than before: every quirk is a branch taken only when its
+field is present (an error, a finish reason), or one flag test (`flavor="spark"`).
 Must not import the HTTP layer, routing or storage.
 """
 
@@ -29,6 +35,7 @@ from estuary.core.events import (
 )
 from estuary.core.redaction import Redactor
 from estuary.core.requests import ChatRequest, CompletionRequest
+from estuary.providers.http_errors import error_in_stream
 from estuary.sse import SSEDecoder
 
 __all__ = ["OpenAIStreamParser", "chat_body", "completion_body"]
@@ -40,10 +47,24 @@ _FINISH_REASONS: Final[Mapping[str, FinishReason]] = MappingProxyType(
         "tool_calls": "tool_calls",
         "function_call": "tool_calls",
         "content_filter": "content_filter",
-        "sensitive": "content_filter",  # Zhipu GLM
+        "sensitive": "content_filter",  # Zhipu GLM: its moderation stopped the output
+        "model_context_window_exceeded": "length",  # Zhipu GLM-4.5 and later
         "eos": "stop",  # some llama.cpp builds
     }
 )
+# Finish reasons that say the generation broke: a failure (fallback before any content, in-band
+# after), not an answer that ended.
+_BROKEN: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "network_error": "the model failed while generating",  # Zhipu GLM
+        "insufficient_system_resource": "the upstream ran out of capacity",  # DeepSeek
+        "error": "the upstream reported an error",  # OpenRouter
+    }
+)
+# Presets whose stream messages carry a top-level `code` (0 = fine), the error sent in place of
+# the chunk (iFlytek Spark: {"code": 10013, "message": "…", "sid": "…"}).
+_FLAT_CODES: Final = frozenset({"spark"})
+_OK_CODES: Final = (None, 0, "0")
 _DONE: Final = "[DONE]"
 
 
@@ -92,11 +113,14 @@ class OpenAIStreamParser:
     """
 
     __slots__ = (
+        "_answered",
         "_calls",
         "_decoder",
         "_done",
         "_failed",
         "_finish",
+        "_flat_codes",
+        "_flavor",
         "_had_calls",
         "_kind",
         "_provider",
@@ -104,17 +128,26 @@ class OpenAIStreamParser:
     )
 
     def __init__(
-        self, provider: str, *, kind: Literal["chat", "completion"], redact: Redactor
+        self,
+        provider: str,
+        *,
+        kind: Literal["chat", "completion"],
+        redact: Redactor,
+        flavor: str | None = None,
     ) -> None:
+        """`flavor` is the preset (`"zhipu"`, `"spark"`, …) whose error codes and quirks apply."""
         self._provider = provider
         self._kind = kind
         self._redact = redact
+        self._flavor = flavor
+        self._flat_codes = flavor in _FLAT_CODES
         self._decoder = SSEDecoder()
         self._calls: dict[int, _PartialCall] = {}
         self._finish: FinishReason | None = None
         self._had_calls = False
         self._failed: UpstreamError | None = None
         self._done = False
+        self._answered = False  # some event was returned: an error now comes after the answer
 
     @property
     def done(self) -> bool:
@@ -132,6 +165,8 @@ class OpenAIStreamParser:
             if not events:
                 raise
             self._failed = exc  # deliver the text that came before it first
+        if events:
+            self._answered = True
         return events
 
     def check(self) -> None:
@@ -166,8 +201,12 @@ class OpenAIStreamParser:
             raise UpstreamProtocolError(self._provider, "malformed JSON in stream") from None
         if not isinstance(chunk, dict):
             raise UpstreamProtocolError(self._provider, "stream message is not a JSON object")
-        if "error" in chunk:
-            raise self._in_band_error(chunk["error"])
+        if chunk.get("error") is not None or (
+            self._flat_codes and chunk.get("code") not in _OK_CODES
+        ):
+            self._in_band_error(chunk, events)
+            return
+        usage = chunk.get("usage")
         choices = chunk.get("choices")
         if choices:
             choice = choices[0]
@@ -176,9 +215,9 @@ class OpenAIStreamParser:
             elif text := choice.get("text"):
                 events.append(TextDelta(text=text))
             if reason := choice.get("finish_reason"):
-                self._finish = _FINISH_REASONS.get(reason, "stop")
+                self._take_finish(reason)
                 self._flush_calls(events)
-        usage = chunk.get("usage")
+                usage = usage or choice.get("usage")  # Moonshot reports it inside the choice
         if usage:
             events.append(
                 Usage(
@@ -186,6 +225,14 @@ class OpenAIStreamParser:
                     completion_tokens=int(usage.get("completion_tokens") or 0),
                 )
             )
+
+    def _take_finish(self, reason: str) -> None:
+        finish = _FINISH_REASONS.get(reason)
+        if finish is None:
+            if (broken := _BROKEN.get(reason)) is not None:
+                raise UpstreamError(self._provider, f"{broken} (finish_reason {reason!r})")
+            finish = "stop"
+        self._finish = finish
 
     def _take_delta(self, delta: dict[str, Any], events: list[StreamEvent]) -> None:
         if thought := delta.get("reasoning_content") or delta.get("reasoning"):
@@ -216,9 +263,13 @@ class OpenAIStreamParser:
         events.append(StreamEnd(reason=reason))
         self._done = True
 
-    def _in_band_error(self, error: object) -> UpstreamError:
-        if isinstance(error, dict):
-            text = str(error.get("message") or error.get("code") or "error")
-        else:
-            text = str(error)
-        return UpstreamError(self._provider, "error in stream: " + self._redact(text)[:500])
+    def _in_band_error(self, chunk: dict[str, Any], events: list[StreamEvent]) -> None:
+        """Raise the error object's failure, or end with `content_filter` for a moderation stop."""
+        answered = self._answered or bool(events)
+        verdict = error_in_stream(
+            self._provider, chunk, self._redact, flavor=self._flavor, answered=answered
+        )
+        if isinstance(verdict, UpstreamError):
+            raise verdict
+        self._finish = verdict
+        self._end(events)

@@ -39,6 +39,7 @@ class Route:
     weights: tuple[float, ...] | None = None  # spread first attempts; 0 = fallback only
     degrade_to: str | None = None  # the alias for callers whose budget runs low …
     degrade_at: float = 0.8  # … once they have spent this share of it
+    midstream_failover: bool = False  # continue a died answer on a later target (experimental)
 
     def order(self, rng: random.Random) -> tuple[Target, ...]:
         """The targets in the order to try them: a weighted pick first, then the list order."""

@@ -37,6 +37,11 @@ class Scenario:
     chunks (or after all content chunks, before any tool call, when N is larger). The legacy
     `/v1/completions` endpoint streams only the content; it ignores reasoning and tool calls.
 
+    `transcript` replays a recorded chat stream instead: exactly those bytes, cut after each
+    blank line (one SSE message per write, `gap_s` between them, after `ttft_s`). The faults then
+    count *messages* (comment-only blocks included), and nothing is added: no `[DONE]` that the
+    transcript lacks, no usage. Only streamed chat requests use it.
+
     Non-streaming requests wait `headers_delay_s + ttft_s + gap_s * (tokens - 1)` and then
     answer the whole object; there `drop_after` closes the connection without an answer,
     `stall_after` never answers and `error_after` answers 500 with the `overloaded` error.
@@ -60,6 +65,7 @@ class Scenario:
     split_utf8: bool = False
     chunk_bytes: int | None = None
     done: bool = True
+    transcript: bytes | None = None  # raw SSE bytes to replay instead of generated chunks
     # Pause between the writes of one fragmented message (`split_utf8`, `chunk_bytes`), so that
     # a reader in the same event loop (or a thread waiting for the GIL) really receives the
     # pieces in separate reads. It costs ~1 ms per write: chunk_bytes=1 on a short stream of
@@ -89,6 +95,8 @@ class Scenario:
             raise ValueError("Scenario fault positions must not be negative")
         if self.fail_status is not None and not 400 <= self.fail_status <= 599:
             raise ValueError("Scenario.fail_status must be an HTTP error status (400-599)")
+        if self.transcript is not None and not isinstance(self.transcript, bytes):
+            raise ValueError("Scenario.transcript must be bytes")
 
     def content_chunks(self) -> tuple[str, ...]:
         """The exact content delta strings this scenario streams (before any fault)."""
@@ -119,7 +127,9 @@ class Scenario:
         """`(prompt_tokens, completion_tokens)` the fake reports for a request body.
 
         prompt_tokens = (characters of all message text and of `prompt`) // 4 + 1, counting
-        string contents and the `text` of content parts.
+        string contents and the `text` of content parts (for a Gemini body: the `text` parts
+        of `contents` and `systemInstruction`; for an Anthropic body: `system` and the content
+        of `tool_result` blocks too).
         completion_tokens = content chunks + reasoning chunks + 1 per tool call for chat; for a
         legacy completion body (a `prompt` and no `messages`) only the content chunks count.
         """

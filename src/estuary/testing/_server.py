@@ -31,6 +31,18 @@ from ._wire import (
     legacy_completion_body,
     legacy_stream_plan,
 )
+from ._wire_anthropic import (
+    AUTH_FAILED_BODY,
+    anthropic_error_body,
+    anthropic_message_body,
+    anthropic_stream_plan,
+)
+from ._wire_gemini import (
+    KEY_INVALID_BODY,
+    KEY_MISSING_BODY,
+    gemini_error_body,
+    gemini_stream_plan,
+)
 
 __all__ = ["DEFAULT_MODEL", "FakeUpstream"]
 
@@ -95,6 +107,8 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._legacy)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1beta/models/{model_action}", self._gemini)
+        app.router.add_post("/v1/messages", self._anthropic)
         if self._control:
             app.router.add_get("/_fake/requests", self._list_requests)
             app.router.add_delete("/_fake/requests", self._clear_requests)
@@ -192,6 +206,103 @@ class FakeUpstream:
     async def _clear_requests(self, request: web.Request) -> web.Response:
         self._requests.clear()
         return web.Response(status=204)
+
+    async def _gemini(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's `POST /v1beta/models/<model>:streamGenerateContent?alt=sse` (`_wire_gemini`).
+
+        The key must come in `x-goog-api-key`, as Google takes it: none is 403, a wrong one 400
+        `API_KEY_INVALID`. The model comes from the URL. For this route `seen.path` keeps the
+        query string, so a test sees the whole URL the client used. A scripted `fail_body` may
+        hold `{authorization}`, replaced by the `x-goog-api-key` the client sent.
+        """
+
+        async def answer(request: web.Request, seen: SeenRequest) -> web.StreamResponse:
+            seen.path = request.path_qs
+            model, _, action = request.match_info["model_action"].partition(":")
+            seen.model, seen.stream = model, True
+            given = request.headers.get("x-goog-api-key")
+            if self._api_key is not None:
+                if given is None:
+                    return _json(seen, 403, KEY_MISSING_BODY)
+                if not secrets.compare_digest(given.encode(), self._api_key.encode()):
+                    return _json(seen, 400, KEY_INVALID_BODY)
+            if action != "streamGenerateContent" or request.query.get("alt") != "sse":
+                message = "This fake answers only :streamGenerateContent?alt=sse."
+                return _json(seen, 404, gemini_error_body(404, message))
+            if not isinstance(seen.body, dict):
+                return _json(seen, 400, gemini_error_body(400, "Invalid JSON payload received."))
+            scenario = self._pick(model)
+            await pause(scenario.headers_delay_s)
+            if (status := scenario.fail_status) is not None:
+                if scenario.fail_body is None:
+                    body = gemini_error_body(status, retry_s=scenario.retry_after)
+                else:
+                    body = scenario.fail_body.replace("{authorization}", given or "").encode()
+                seen.status = status
+                content_type = _JSON if _parse(body)[1] else "text/plain"
+                return web.Response(status=status, body=body, content_type=content_type)
+            plan = gemini_stream_plan(scenario, seen.body, model)
+            return await self._stream(request, seen, scenario, plan)
+
+        return await self._track(request, answer)
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's `POST /v1/messages` (`_wire_anthropic`), streamed or whole.
+
+        As Anthropic insists: the key in `x-api-key` (else 401 `authentication_error`), an
+        `anthropic-version` header and an integer `max_tokens` (else 400). A scripted
+        `fail_body` may hold `{authorization}`, replaced by the `x-api-key` the client sent.
+        Not streamed, `error_after` answers 529 `overloaded_error`; `drop_after` and
+        `stall_after` behave as on the OpenAI routes.
+        """
+
+        async def answer(request: web.Request, seen: SeenRequest) -> web.StreamResponse:
+            given = request.headers.get("x-api-key", "")
+            if self._api_key is not None and not secrets.compare_digest(
+                given.encode(), self._api_key.encode()
+            ):
+                return _json(seen, 401, AUTH_FAILED_BODY)
+            body = seen.body
+            if (
+                not isinstance(body, dict)
+                or "anthropic-version" not in request.headers
+                or not isinstance(body.get("max_tokens"), int)
+            ):
+                message = "max_tokens: Field required (and the anthropic-version header)."
+                return _json(seen, 400, anthropic_error_body(400, message))
+            scenario = self._pick(seen.model)
+            await pause(scenario.headers_delay_s)
+            if (status := scenario.fail_status) is not None:
+                if scenario.fail_body is None:
+                    data = anthropic_error_body(status)
+                else:
+                    data = scenario.fail_body.replace("{authorization}", given).encode()
+                retry = scenario.retry_after
+                seen.status = status
+                return web.Response(
+                    status=status,
+                    body=data,
+                    content_type=_JSON if _parse(data)[1] else "text/plain",
+                    headers={"Retry-After": retry} if retry is not None else None,
+                )
+            model = seen.model or DEFAULT_MODEL
+            if seen.stream:
+                plan = anthropic_stream_plan(scenario, body, model)
+                return await self._stream(request, seen, scenario, plan)
+            tokens = len(scenario.content_chunks()) + len(scenario.reasoning)
+            tokens += len(scenario.tool_calls)
+            await pause(scenario.ttft_s + scenario.gap_s * max(tokens - 1, 0))
+            if (fault := scenario.fault) is not None:
+                if fault[0] == "error":
+                    return _json(seen, 529, anthropic_error_body(529))
+                if fault[0] == "stall":
+                    await self._stopping.wait()
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=502)  # never reaches the client: the socket is closed
+            return _json(seen, 200, anthropic_message_body(scenario, body, model))
+
+        return await self._track(request, answer)
 
     async def _unknown(self, request: web.Request) -> web.StreamResponse:
         return await self._track(request, self._unknown_answer)

@@ -49,7 +49,10 @@ def count_prompt_chars(body: object) -> int:
     """Characters of every message's text plus the legacy `prompt` text in a request body.
 
     Message `content` may be a string or a list of parts; only `text` parts count.
-    `prompt` may be a string or a list of strings. Anything else counts as zero.
+    `prompt` may be a string or a list of strings. A Gemini body counts the `text` parts of
+    its `contents` and of its `systemInstruction`. An Anthropic body counts its `system` (a
+    string or text blocks) and the content of `tool_result` blocks too. Anything else counts
+    as zero.
     """
     if not isinstance(body, Mapping):
         return 0
@@ -59,7 +62,11 @@ def count_prompt_chars(body: object) -> int:
         for message in messages:
             if isinstance(message, Mapping):
                 total += _content_chars(message.get("content"))
-    return total
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        total += sum(_gemini_chars(content) for content in contents)
+    total += _content_chars(body.get("system"))  # Anthropic's top-level system prompt
+    return total + _gemini_chars(body.get("systemInstruction"))
 
 
 def _prompt_text_chars(prompt: object) -> int:
@@ -79,4 +86,14 @@ def _content_chars(content: object) -> int:
     for part in content:
         if isinstance(part, Mapping) and isinstance(text := part.get("text"), str):
             total += len(text)
+        elif isinstance(part, Mapping) and part.get("type") == "tool_result":
+            total += _content_chars(part.get("content"))  # Anthropic: a tool's answer
     return total
+
+
+def _gemini_chars(content: object) -> int:
+    """Characters of the `text` parts of one Gemini `Content` (`{"parts": [{"text": …}]}`)."""
+    parts = content.get("parts") if isinstance(content, Mapping) else None
+    if not isinstance(parts, list):
+        return 0
+    return _content_chars(parts)

@@ -29,6 +29,7 @@ __all__ = [
     "fail_body",
     "legacy_completion_body",
     "legacy_stream_plan",
+    "transcript_messages",
 ]
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -125,8 +126,34 @@ def _tool_deltas(index: int, call: FakeToolCall) -> list[dict[str, Any]]:
     return deltas
 
 
+def transcript_messages(transcript: bytes) -> tuple[bytes, ...]:
+    """A recorded SSE body cut after each blank line (`\n\n` or `\r\n\r\n`); the last piece
+    keeps whatever follows the final blank line (a truncated message stays truncated)."""
+    messages: list[bytes] = []
+    start = 0
+    while True:
+        lf, crlf = transcript.find(b"\n\n", start), transcript.find(b"\r\n\r\n", start)
+        ends = [i + n for i, n in ((lf, 2), (crlf, 4)) if i >= 0]
+        if not ends:
+            break
+        end = min(ends)
+        messages.append(transcript[start:end])
+        start = end
+    if start < len(transcript):
+        messages.append(transcript[start:])
+    return tuple(messages)
+
+
+def _transcript_plan(scenario: Scenario, transcript: bytes) -> StreamPlan:
+    messages = transcript_messages(transcript)
+    fault, cut = _cut(scenario, 0, len(messages))
+    return StreamPlan(head=b"", tokens=messages, tail=(), fault=fault, cut=cut)
+
+
 def chat_stream_plan(scenario: Scenario, body: dict[str, Any], model: str) -> StreamPlan:
     """Frames of a `chat.completion.chunk` stream for this scenario and request."""
+    if scenario.transcript is not None:
+        return _transcript_plan(scenario, scenario.transcript)
     chunk_id, created = _new_id("chatcmpl"), int(time.time())
     # Every chunk shares this opening; only the delta and finish_reason differ.
     prefix = (
