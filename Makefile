@@ -50,4 +50,4 @@ bench: install
 	$(BIN)/estuary bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis clients/js/node_modules

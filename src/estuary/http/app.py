@@ -72,7 +72,13 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
                 CORSMiddleware,
                 allow_origins=list(services.cors_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "last-event-id"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "last-event-id",
+                    "x-api-key",
+                    "anthropic-version",
+                ],
                 expose_headers=["x-request-id", "retry-after"],
                 max_age=600,
             )

@@ -9,31 +9,23 @@ Must not import the HTTP layer, routing or storage.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Mapping
-from typing import Final, Literal
+from collections.abc import Mapping
+from typing import Literal
 
-from estuary.core.errors import UpstreamError, UpstreamTimeout
-from estuary.core.events import StreamEvent, StreamStart
+from estuary.core.errors import UpstreamError
 from estuary.core.redaction import Redactor
 from estuary.core.requests import ChatRequest, UpstreamRequest
-from estuary.providers.base import Timeouts, with_assistant_prefix
-from estuary.providers.http_errors import connection_failure, error_for_status
+from estuary.providers.base import with_assistant_prefix
+from estuary.providers.http_errors import error_for_status
 from estuary.providers.openai_wire import OpenAIStreamParser, chat_body, completion_body
+from estuary.providers.streaming import StreamingProvider, StreamParser
 from estuary.providers.upstream_http import (
     Endpoint,
-    UpstreamClosed,
     UpstreamPool,
-    UpstreamResponse,
     request_head,
 )
-from estuary.providers.watchdog import IdleWatchdog
 
 __all__ = ["OpenAIProvider"]
-
-_MAX_ERROR_BODY: Final = 16 * 1024
-_DRAIN_S: Final = 0.5
 
 
 def _prefix_flag(flavor: str | None, endpoint: Endpoint) -> str | None:
@@ -53,7 +45,7 @@ def _prefix_flag(flavor: str | None, endpoint: Endpoint) -> str | None:
     return None
 
 
-class OpenAIProvider:
+class OpenAIProvider(StreamingProvider):
     """Streams from an OpenAI-compatible `/chat/completions` and `/completions`."""
 
     def __init__(
@@ -68,10 +60,13 @@ class OpenAIProvider:
         flavor: str | None = None,
     ) -> None:
         """`flavor` is the preset this upstream speaks (`"zhipu"`, `"spark"`, …), for its quirks."""
-        self._name = name
+        super().__init__(
+            name,
+            endpoint=Endpoint.parse(base_url),
+            pool=pool,
+            redact=(redact or Redactor()).extended([api_key] if api_key else []),
+        )
         self._flavor = flavor
-        self._endpoint = Endpoint.parse(base_url)
-        self._pool = pool
         fixed = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
@@ -84,12 +79,7 @@ class OpenAIProvider:
             path: request_head(self._endpoint, path, fixed)
             for path in ("/chat/completions", "/completions")
         }
-        self._redact = (redact or Redactor()).extended([api_key] if api_key else [])
         self._prefix_flag = _prefix_flag(flavor, self._endpoint)
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def continues_prefix(self) -> bool:
@@ -100,40 +90,16 @@ class OpenAIProvider:
         """`request` with `partial` as the assistant's answer so far, flagged for this upstream."""
         return with_assistant_prefix(request, partial, self._prefix_flag)
 
-    async def aclose(self) -> None:
-        """Nothing to release: the pool belongs to whoever built the providers."""
-
-    async def stream(
-        self, request: UpstreamRequest, model: str, timeouts: Timeouts
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def _parser(self, request: UpstreamRequest) -> StreamParser:
         kind: Literal["chat", "completion"] = (
             "chat" if isinstance(request, ChatRequest) else "completion"
         )
-        parser = OpenAIStreamParser(self._name, kind=kind, redact=self._redact, flavor=self._flavor)
-        response: UpstreamResponse | None = None
-        phase = "no answer within the first-token timeout"
-        try:
-            async with asyncio.timeout(timeouts.first_token_s):
-                # The request bytes are not kept in this frame: a stream lives long, they don't.
-                response = await self._open(self._wire(request, model), timeouts.connect_s)
-                first = await self._first_events(response, parser)
-            phase = f"no data for {timeouts.idle_s:g} s"
-            yield StreamStart(provider=self._name, model=model)
-            for event in first:
-                yield event
-            async for event in self._rest(response, parser, timeouts.idle_s):
-                yield event
-            await _drain(response)
-            response = None  # released: the connection may carry the next request
-        except UpstreamError:
-            raise
-        except TimeoutError:
-            raise UpstreamTimeout(self._name, phase) from None
-        except OSError as exc:
-            raise UpstreamError(self._name, connection_failure(exc)) from None
-        finally:
-            if response is not None:
-                response.abort()  # left early (cancel, disconnect, error)
+        return OpenAIStreamParser(self._name, kind=kind, redact=self._redact, flavor=self._flavor)
+
+    def _failure(self, status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+        return error_for_status(
+            self._name, status, body, retry_after, self._redact, flavor=self._flavor
+        )
 
     def _wire(self, request: UpstreamRequest, model: str) -> bytes:
         """The whole HTTP request: the pre-encoded head, its length, the JSON body."""
@@ -142,72 +108,3 @@ class OpenAIProvider:
         else:
             head, body = self._heads["/completions"], completion_body(request, model)
         return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-    async def _open(self, wire: bytes, connect_s: float) -> UpstreamResponse:
-        """Send the request and wait for the response headers.
-
-        A pooled connection the upstream closed while it sat idle fails before any answer; the
-        request is then sent once more on a new connection (the upstream never saw it whole).
-        """
-        response = await self._pool.open(self._endpoint, wire, connect_s=connect_s)
-        try:
-            await response.wait_headers()
-        except UpstreamClosed:
-            if not response.reused or response.total_bytes:
-                raise
-            response = await self._pool.open(self._endpoint, wire, connect_s=connect_s, fresh=True)
-            await response.wait_headers()
-        return response
-
-    async def _first_events(
-        self, response: UpstreamResponse, parser: OpenAIStreamParser
-    ) -> list[StreamEvent]:
-        """The status, then the first message that means something (a role-only chunk does not)."""
-        if response.status >= 300:  # not a 2xx answer
-            body = await _read_some(response, _MAX_ERROR_BODY)
-            retry_after = response.headers.get("retry-after")
-            response.abort()
-            raise error_for_status(
-                self._name, response.status, body, retry_after, self._redact, flavor=self._flavor
-            )
-        while True:
-            chunk = await response.read()
-            if not chunk:
-                return parser.finish()
-            if events := parser.feed(chunk):
-                return events
-
-    async def _rest(
-        self, response: UpstreamResponse, parser: OpenAIStreamParser, idle_s: float
-    ) -> AsyncGenerator[StreamEvent, None]:
-        watchdog = IdleWatchdog(response, idle_s)
-        try:
-            while True:
-                parser.check()
-                if parser.done:
-                    return
-                chunk = await response.read()
-                for event in parser.feed(chunk) if chunk else parser.finish():
-                    yield event
-        finally:
-            watchdog.cancel()
-
-
-async def _read_some(response: UpstreamResponse, limit: int) -> bytes:
-    """Up to `limit` bytes of an (error) body."""
-    parts: list[bytes] = []
-    size = 0
-    with contextlib.suppress(OSError):
-        while size < limit and (chunk := await response.read()):
-            parts.append(chunk)
-            size += len(chunk)
-    return b"".join(parts)[:limit]
-
-
-async def _drain(response: UpstreamResponse) -> None:
-    """Read the body's last bytes (the chunked terminator) so the connection can be reused."""
-    with contextlib.suppress(TimeoutError, OSError):
-        async with asyncio.timeout(_DRAIN_S):
-            while await response.read():
-                pass
-    response.release()
