@@ -30,6 +30,7 @@ fmt: install
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 test: lint
+	scripts/ensure-chromium.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-js
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
 from estuary.http.admin import AdminHandlers
 from estuary.http.encoders import error_body
+from estuary.http.pages import page_routes
 from estuary.http.routes import Handlers, Services
 from estuary.http.streaming import SERVER_SEND
 
@@ -62,6 +63,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/admin/usage", admin.admin_usage, methods=["GET"]),
+        *page_routes(),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/readyz", _healthz, methods=["GET"]),
     ]
