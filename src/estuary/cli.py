@@ -1,6 +1,6 @@
-"""The `estuary` command: serve, keys, usage, fake-upstream and bench.
+"""The `estuary` command: serve, keys, usage, doctor, fake-upstream and bench.
 
-`keys` and `usage` live in `estuary.commands` and are registered on `app` here.
+`keys`, `usage` and `doctor` live in `estuary.commands` and are registered on `app` here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
-from estuary.commands import keys_app, usage
+from estuary.commands import doctor, keys_app, usage
 from estuary.config import ConfigError, load_config
 from estuary.logs import configure_logging
 from estuary.server import build_app, build_runtime, tune_gc
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage)
+app.command("doctor")(doctor)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from estuary.config import Config, ConfigError, ProviderConfig, UserLimitsConfig
 from estuary.core.policy import KeyPolicy
 from estuary.core.prices import Price, Prices
 from estuary.core.redaction import Redactor
+from estuary.gateway.metrics import GatewayMetrics
 from estuary.gateway.session import Gateway
 from estuary.http.app import create_app
 from estuary.http.routes import Services
@@ -126,17 +127,18 @@ def build_runtime(
         return await store.spent(key_id=key_id, end_user=end_user)
 
     authenticator = _authenticator(config, ledger, settings.user)
-    gateway = Gateway(
-        router=Router(
-            routes,
-            default=server.default_model,
-            breakers=Breakers(
-                BreakerSettings(
-                    failures=config.routing.breaker_failures,
-                    cooldown_s=config.routing.breaker_cooldown_s,
-                )
-            ),
+    router = Router(
+        routes,
+        default=server.default_model,
+        breakers=Breakers(
+            BreakerSettings(
+                failures=config.routing.breaker_failures,
+                cooldown_s=config.routing.breaker_cooldown_s,
+            )
         ),
+    )
+    gateway = Gateway(
+        router=router,
         ledger=ledger,
         state=state,
         limiter=Limiter(state, spent=spent, prices=prices, settings=settings),
@@ -150,6 +152,7 @@ def build_runtime(
         ),
         prices=prices,
         instance=instance,
+        metrics=GatewayMetrics(router),  # a registry per runtime: no clash between gateways
     )
     services = Services(
         gateway=gateway,

@@ -1,7 +1,7 @@
 /**
  * The WebSocket transport (`transport: "websocket"`): many chats on one socket, `/api/chat/ws`.
  *
- * The contract it assumes (the server endpoint is not built yet; see docs/frontend.md):
+ * The contract, shared with the gateway's `/api/chat/ws` (docs/api.md, docs/frontend.md):
  *
  *     POST /api/tickets (Bearer)          → {"ticket": "tkt_…"}   (a browser cannot send headers)
  *     GET  /api/chat/ws?ticket=tkt_…      → upgrade; one ticket opens one socket

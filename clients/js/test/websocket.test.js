@@ -1,15 +1,16 @@
-// The WebSocket transport against a tiny server (the `ws` package) that plays the assumed
-// `/api/chat/ws` contract: tickets, chats tagged with `ref`, events tagged with `requestId`, cancel.
+// The WebSocket transport against the real gateway's `/api/chat/ws`, and against a tiny server
+// (the `ws` package) that plays the same contract for what a real gateway cannot be made to do on
+// cue: hold a chat's start, drop the socket mid-answer, refuse a socket with a valid ticket.
 
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer } from "node:http";
-import { afterEach, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 
 import { WebSocket, WebSocketServer } from "ws";
 
 import { EstuaryClient, EstuaryError, EstuaryStreamError } from "../src/index.js";
-import { eventually } from "./support/estuary.js";
+import { APP_KEY, eventually, startEstuary } from "./support/estuary.js";
 
 const KEY = "sk-est-ws-test";
 
@@ -227,5 +228,65 @@ describe("WebSocket transport", () => {
   test("without a WebSocket implementation the error says how to pass one", { skip: hasGlobalWebSocket }, async () => {
     const bare = new EstuaryClient({ baseUrl: "http://127.0.0.1:9", transport: "websocket", WebSocket: null });
     await assert.rejects(bare.chat.text({ message: "hi" }), /pass one/);
+  });
+});
+
+describe("WebSocket transport against a real Estuary", () => {
+  const ALIASES = { chat: "fake-model", stoppable: "stoppable-model" };
+  /** @type {import("./support/estuary.js").RunningEstuary} */
+  let estuary;
+  /** @type {EstuaryClient} */
+  let real;
+
+  before(async () => {
+    estuary = await startEstuary({ scripts: { "stoppable-model": "200,0.05,0.02" }, aliases: ALIASES });
+    real = new EstuaryClient({ baseUrl: estuary.url, apiKey: APP_KEY, transport: "websocket", WebSocket });
+  });
+  after(async () => {
+    real?.close();
+    await estuary?.stop();
+  });
+
+  test("two chats share the socket; each gets start, its content and done", async () => {
+    const streams = [
+      real.chat.stream({ model: "chat", message: "one" }),
+      real.chat.stream({ model: "chat", message: "two" }),
+    ];
+    const runs = await Promise.all(
+      streams.map(async (stream) => {
+        const events = [];
+        for await (const event of stream) events.push(event);
+        return events;
+      }),
+    );
+    for (const [i, events] of runs.entries()) {
+      const types = events.map((event) => event.type);
+      assert.deepEqual(types, ["start", ...Array(events.length - 2).fill("content"), "done"]);
+      assert.ok(events.every((event) => event.requestId === streams[i].requestId && !("ref" in event)));
+      assert.equal(events.at(-1).finishReason, "stop");
+    }
+    assert.notEqual(streams[0].requestId, streams[1].requestId);
+  });
+
+  test("abort sends a cancel; the gateway stops the upstream", async () => {
+    const controller = new AbortController();
+    const stream = real.chat.stream({ model: "stoppable", message: "hi", signal: controller.signal });
+    await assert.rejects(async () => {
+      for await (const event of stream) if (event.type === "content") controller.abort();
+    }, { name: "AbortError" });
+    const seen = await eventually(async () => {
+      const record = (await estuary.fakeRequests()).find((r) => r.model === "stoppable-model");
+      return record?.client_gone_at != null && record;
+    }, "the fake upstream saw the gateway go");
+    assert.ok(seen.chunks_sent < 200);
+  });
+
+  test("a chat for an unknown model is refused: EstuaryError model_not_found (404)", async () => {
+    await assert.rejects(real.chat.text({ model: "no-such-model", message: "hi" }), (error) => {
+      assert.ok(error instanceof EstuaryError && !(error instanceof EstuaryStreamError));
+      assert.equal(error.code, "model_not_found");
+      assert.equal(error.status, 404);
+      return true;
+    });
   });
 });

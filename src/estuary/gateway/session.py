@@ -5,7 +5,8 @@ against the caller's limits, opens the ledger row and registers the stream's can
 that order, so no stream ever runs without a row and nothing refused leaves one. The transport then
 iterates `StreamSession.events()` and calls `settle()` exactly once with how the stream ended; the
 session works out the token counts (reported, or estimated and marked so) and their cost, settles
-the reservation and closes the row.
+the reservation and closes the row. Metrics (`gateway.metrics`) are counted at admission and from
+the settled row, never per token.
 
 Must not import the HTTP layer.
 """
@@ -25,11 +26,14 @@ from typing import Final, Literal
 import structlog
 
 from estuary.core.errors import (
+    BudgetExceeded,
     EstuaryError,
     NotFound,
     PermissionDenied,
+    RateLimited,
     ServiceUnavailable,
     StreamFinished,
+    UpstreamError,
 )
 from estuary.core.events import Failover, StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
 from estuary.core.ids import new_request_id
@@ -37,6 +41,8 @@ from estuary.core.policy import Principal
 from estuary.core.prices import Prices
 from estuary.core.requests import UpstreamRequest, prompt_text
 from estuary.core.usage import TokenCount, estimate_tokens
+from estuary.gateway.health import readiness
+from estuary.gateway.metrics import GatewayMetrics
 from estuary.ledger.base import LedgerStore, OpenedRow, SettledRow
 from estuary.limits.limiter import Limiter, Reservation
 from estuary.limits.policy import PolicyEnforcer, PromptTemplate
@@ -74,8 +80,10 @@ class Gateway:
         prices: Prices | None = None,
         instance: str = "local",
         clock: Callable[[], float] = time.perf_counter,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics if metrics is not None else GatewayMetrics(router)
         self._ledger = ledger
         self._state = state
         self._limiter = limiter
@@ -115,7 +123,11 @@ class Gateway:
         ):
             request = dataclasses.replace(request, max_tokens=route.max_tokens)
         targets = [target.label for target in route.targets]
-        reservation = await self._limiter.admit(principal, targets, request)
+        try:
+            reservation = await self._limiter.admit(principal, targets, request)
+        except (RateLimited, BudgetExceeded) as exc:
+            self.metrics.refused(exc.code)
+            raise
         request_id = new_request_id()
         started = self._clock()
         try:
@@ -136,6 +148,7 @@ class Gateway:
         except BaseException:
             await reservation.release()
             raise
+        self.metrics.opened()
         return StreamSession(
             request_id=request_id,
             route=route,
@@ -150,7 +163,12 @@ class Gateway:
             opened=opened,
             order=route.order(self.router.rng),
             breakers=self.router.breakers,
+            metrics=self.metrics,
         )
+
+    async def readiness(self) -> dict[str, str]:
+        """`ok` or the reason per check: ledger, state store, a usable target per alias."""
+        return await readiness(self._ledger, self._state, self.router)
 
     async def cancel(self, principal: Principal, request_id: str) -> None:
         """Stop a running stream started with the same key; raises `NotFound`/`StreamFinished`."""
@@ -193,6 +211,7 @@ class StreamSession:
         opened: asyncio.Future[None],
         order: tuple[Target, ...],
         breakers: Breakers,
+        metrics: GatewayMetrics,
     ) -> None:
         self.request_id = request_id
         self.route = route
@@ -214,6 +233,7 @@ class StreamSession:
         self._opened = opened
         self._order = order
         self._breakers = breakers
+        self._metrics = metrics
         self.budget_stopped = False
         # Mid-stream failover: the text chunks relayed before each seam, and the usage the
         # earlier attempts reported together (None once one of them reported none).
@@ -327,6 +347,7 @@ class StreamSession:
             attempts=len(self.failures) + started,
             failures=tuple(f"{f.target}: {f.error.code}" for f in self.failures),
         )
+        self._count(row, outcome.error)
         try:
             await self._reservation.settle(prompt, completion, cost)
             with contextlib.suppress(Exception):  # a row that could not be opened: nothing to close
@@ -353,6 +374,29 @@ class StreamSession:
             attempts=row.attempts,
         )
         return tokens
+
+    def _count(self, row: SettledRow, error: EstuaryError | None) -> None:
+        """The row in the metrics (once per stream, never per token)."""
+        # The answering target's own failure; one before any answer is among `failures`.
+        upstream = (
+            error
+            if isinstance(error, UpstreamError)
+            and self.provider is not None
+            and not any(f.error is error for f in self.failures)
+            else None
+        )
+        self._metrics.settled(
+            alias=self.route.alias,
+            target=row.target,
+            status=row.status,
+            ttft_s=None if row.ttft_ms is None else row.ttft_ms / 1000,
+            duration_s=row.duration_ms / 1000,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cost_micro=row.cost_micro,
+            failures=self.failures,
+            error=upstream,
+        )
 
 
 def _added(earlier: Usage | None, later: Usage) -> Usage:

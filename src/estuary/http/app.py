@@ -12,15 +12,17 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
 from estuary.http.admin import AdminHandlers
 from estuary.http.encoders import error_body
+from estuary.http.ops import OpsHandlers
 from estuary.http.pages import page_routes
 from estuary.http.routes import Handlers, Services
 from estuary.http.streaming import SERVER_SEND
+from estuary.http.websocket import ChatSockets
 
 __all__ = ["Services", "create_app"]
 
@@ -49,6 +51,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
     admin = AdminHandlers(
         services.gateway, services.authenticator, services.store, services.max_body_bytes
     )
+    ops = OpsHandlers(services.gateway)
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
@@ -58,14 +61,24 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/api/chat/stream", handlers.app_stream_get, methods=["GET"]),
         Route("/api/chat/{request_id}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/tickets", handlers.create_ticket, methods=["POST"]),
+        WebSocketRoute(
+            "/api/chat/ws",
+            ChatSockets(
+                gateway=services.gateway,
+                authenticator=services.authenticator,
+                tickets=services.tickets,
+                max_frame_bytes=services.max_body_bytes,
+            ).serve,
+        ),
         Route("/api/usage", admin.own_usage, methods=["GET"]),
         Route("/admin/keys", admin.create_key, methods=["POST"]),
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/admin/usage", admin.admin_usage, methods=["GET"]),
         *page_routes(),
-        Route("/healthz", _healthz, methods=["GET"]),
-        Route("/readyz", _healthz, methods=["GET"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
     ]
     middleware = []
     if services.cors_origins:
@@ -96,10 +109,6 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         },
     )
     return _ServerSend(app)
-
-
-async def _healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
 
 
 def _json_error(error: EstuaryError) -> Response:

@@ -38,6 +38,10 @@ __all__ = [
     "OpenAIChatEncoder",
     "OpenAICompletionEncoder",
     "TextEncoder",
+    "app_done_body",
+    "app_error_body",
+    "app_event_body",
+    "app_start_body",
     "error_body",
     "openai_finish_reason",
 ]
@@ -51,6 +55,47 @@ _APP_CONTENT: Final = b'%s%d\ndata: {"type":"content","content":%s}\n\n'
 def error_body(error: EstuaryError) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": error.message, "type": error.type, "code": error.code}}
+
+
+def app_start_body(request_id: str, alias: str, provider: str | None) -> dict[str, Any]:
+    """The app API's `start` event."""
+    return {"type": "start", "requestId": request_id, "model": alias, "provider": provider}
+
+
+def app_event_body(event: StreamEvent) -> dict[str, Any] | None:
+    """The app-API event for one core event between `start` and the end; None: none is sent.
+
+    `StreamStart` is `app_start_body`; usage and the end are folded into `app_done_body`. Shared
+    by the SSE encoder and the WebSocket endpoint, which frame the same objects differently.
+    """
+    match event:
+        case TextDelta(text=text):
+            return {"type": "content", "content": text}
+        case ReasoningDelta(text=text):
+            return {"type": "reasoning", "content": text}
+        case ToolCall():
+            tool = {"name": event.name, "arguments": event.arguments}
+            return {"type": "tool_call", "index": event.index, "id": event.id, "tool": tool}
+        case Failover(provider=provider, model=model, reason=reason):
+            return {"type": "attempt", "provider": provider, "model": model, "reason": reason}
+        case _:
+            return None
+
+
+def app_done_body(finish_reason: str, tokens: TokenCount) -> dict[str, Any]:
+    """The app API's `done` event."""
+    usage = {
+        "promptTokens": tokens.prompt_tokens,
+        "completionTokens": tokens.completion_tokens,
+        "estimated": tokens.estimated,
+    }
+    return {"type": "done", "finishReason": finish_reason, "usage": usage}
+
+
+def app_error_body(error: EstuaryError) -> dict[str, Any]:
+    """The app API's in-band `error` event (after `start`)."""
+    detail = {"code": error.code, "message": error.message, "retryable": error.retryable}
+    return {"type": "error", "error": detail}
 
 
 class Encoder(Protocol):
@@ -83,45 +128,22 @@ class AppSSEEncoder:
         if type(event) is TextDelta:  # the token path: no dict, one small dumps
             self._seq += 1
             return _APP_CONTENT % (self._prefix, self._seq, orjson.dumps(event.text))
-        match event:
-            case ReasoningDelta(text=text):
-                return self._message({"type": "reasoning", "content": text})
-            case ToolCall():
-                tool = {"name": event.name, "arguments": event.arguments}
-                payload = {"type": "tool_call", "index": event.index, "id": event.id, "tool": tool}
-                return self._message(payload)
-            case StreamStart(provider=provider):
-                return self._start(provider)
-            case Failover(provider=provider, model=model, reason=reason):
-                body = {"type": "attempt", "provider": provider, "model": model, "reason": reason}
-                return self._message(body)
-            case _:
-                return b""  # usage and the end are folded into `done`
+        if type(event) is StreamStart:
+            return self._start(event.provider)
+        body = app_event_body(event)
+        return b"" if body is None else self._message(body)
 
     def done(self, finish_reason: str, tokens: TokenCount) -> bytes:
-        usage = {
-            "promptTokens": tokens.prompt_tokens,
-            "completionTokens": tokens.completion_tokens,
-            "estimated": tokens.estimated,
-        }
-        body = {"type": "done", "finishReason": finish_reason, "usage": usage}
-        return self._start(None) + self._message(body)
+        return self._start(None) + self._message(app_done_body(finish_reason, tokens))
 
     def error(self, error: EstuaryError) -> bytes:
-        detail = {"code": error.code, "message": error.message, "retryable": error.retryable}
-        return self._start(None) + self._message({"type": "error", "error": detail})
+        return self._start(None) + self._message(app_error_body(error))
 
     def _start(self, provider: str | None) -> bytes:
         if self._started:
             return b""
         self._started = True
-        body = {
-            "type": "start",
-            "requestId": self._request_id,
-            "model": self._alias,
-            "provider": provider,
-        }
-        return self._message(body)
+        return self._message(app_start_body(self._request_id, self._alias, provider))
 
     def _message(self, body: dict[str, Any]) -> bytes:
         self._seq += 1

@@ -8,6 +8,7 @@ without the checkout serves the page without the client and says so in the page'
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
 from starlette.requests import Request
@@ -20,7 +21,9 @@ __all__ = ["page_routes"]
 _STATIC: Final = Path(__file__).resolve().parents[1] / "web" / "static"
 _CLIENT: Final = Path(__file__).resolve().parents[3] / "clients" / "js" / "src"
 # Pages change with the code; a browser must not keep an old copy across an upgrade.
-_HEADERS: Final = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+_HEADERS: Final = MappingProxyType(
+    {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+)
 
 
 class _Static(StaticFiles):

@@ -1,0 +1,344 @@
+"""The app API over one WebSocket, `/api/chat/ws`: many chats, one socket, cancel in band.
+
+Per socket (the contract is in docs/api.md, "WebSocket"):
+
+- the **reader** (the connection's own task) authenticates — `?ticket=` from `POST /api/tickets`,
+  or an `Authorization: Bearer` header for clients that can send one — then reads client frames:
+  a `chat` starts a **chat task**, a `cancel` goes to `Gateway.cancel()` (same key);
+- each **chat task** admits its chat, relays the session's events as JSON text frames (the app
+  API's SSE event objects, each tagged with `requestId`, `start` and refusals with the chat's
+  `ref`), writes one terminal frame and settles the ledger row in a shielded `finally`;
+- one **writer** drains the socket's bounded outgoing queue. A chat awaits a free slot, so a
+  client that does not read stops its chats' upstreams through TCP instead of filling memory.
+
+All of them live in one task group owned by the connection. When the client leaves (or a send
+fails), every chat task is cancelled at once — which closes its upstream under `aclosing` — and
+its row is settled as `canceled`/`client_disconnected`; the writer then only discards frames, so
+no producer waits on a socket that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import orjson
+from starlette.requests import Request
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from estuary.auth.keys import Authenticator
+from estuary.auth.tickets import TicketIssuer
+from estuary.core.errors import EstuaryError, InvalidRequest
+from estuary.core.events import StreamEnd, StreamEvent, StreamStart
+from estuary.core.policy import Principal
+from estuary.core.requests import parse_app_chat
+from estuary.core.usage import TokenCount
+from estuary.gateway.session import Gateway, Outcome, StreamSession
+from estuary.http.encoders import (
+    app_done_body,
+    app_error_body,
+    app_event_body,
+    app_start_body,
+)
+from estuary.http.inputs import authenticate, refuse_url_credentials
+from estuary.http.stopper import Stopper
+
+__all__ = ["ChatSockets"]
+
+_log: Final = logging.getLogger("estuary.websocket")
+_POLICY_VIOLATION: Final = 1008  # a refused socket
+_MESSAGE_TOO_BIG: Final = 1009
+
+
+class ChatSockets:
+    """The `/api/chat/ws` endpoint, bound to the gateway and its credentials."""
+
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        authenticator: Authenticator,
+        tickets: TicketIssuer,
+        max_frame_bytes: int,
+        queue_frames: int = 256,
+    ) -> None:
+        self._gateway = gateway
+        self._authenticator = authenticator
+        self._tickets = tickets
+        self._max_frame_bytes = max_frame_bytes
+        self._queue_frames = queue_frames
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Serve one socket until the client leaves (the WebSocketRoute endpoint)."""
+        await websocket.accept()
+        try:
+            principal = await self._authenticate(websocket)
+        except EstuaryError as exc:
+            # No ref, no requestId: the client fails every chat waiting on this socket.
+            refusal = {"type": "error", "error": _detail(exc)}
+            try:
+                await websocket.send_text(_dumps(refusal))
+                await websocket.close(_POLICY_VIOLATION)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                pass  # the client left already
+            return
+        connection = _Connection(
+            websocket,
+            principal,
+            self._gateway,
+            max_frame_bytes=self._max_frame_bytes,
+            queue_frames=self._queue_frames,
+        )
+        await connection.run()
+
+    async def _authenticate(self, websocket: WebSocket) -> Principal:
+        # The upgrade is an HTTP request: the same URL, headers and client as the socket's. The
+        # reading helpers take a `Request` and only look at those, never at a body, so they get a
+        # view of the upgrade's scope (a copy: the socket's own scope is left alone).
+        request = Request({**websocket.scope, "type": "http"})
+        ticket = websocket.query_params.get("ticket")
+        if ticket is None:
+            return await authenticate(request, self._authenticator)
+        refuse_url_credentials(request)
+        return await self._tickets.redeem(ticket)
+
+
+@dataclass(slots=True)
+class _ChatState:
+    """How one chat is going, for its terminal frame and its ledger outcome."""
+
+    stopped_by: Literal["client", "cancel"] | None = None
+    failure: EstuaryError | None = None
+    finish_reason: str = "stop"
+
+    def outcome(self) -> Outcome:
+        """The same rules as `StreamResponse`: who stopped it, else whether it failed."""
+        if self.stopped_by == "client":
+            return Outcome(status="canceled", finish_reason="client_disconnected")
+        if self.stopped_by == "cancel":
+            return Outcome(status="canceled", finish_reason="canceled")
+        if self.failure is not None:
+            return Outcome(status="error", finish_reason="error", error=self.failure)
+        return Outcome(status="completed", finish_reason=self.finish_reason)
+
+
+class _Frames:
+    """One chat's events as JSON text frames (the app-API objects, tagged)."""
+
+    def __init__(self, session: StreamSession, ref: str) -> None:
+        self._request_id = session.request_id
+        self._alias = session.route.alias
+        self._ref = ref
+        self.started = False
+
+    def event(self, event: StreamEvent) -> str | None:
+        if type(event) is StreamStart:
+            return self._start(event.provider)
+        body = app_event_body(event)
+        return None if body is None else self._tagged(body)
+
+    def done(self, finish_reason: str, tokens: TokenCount) -> list[str]:
+        return self._ended(self._tagged(app_done_body(finish_reason, tokens)))
+
+    def error(self, error: EstuaryError) -> list[str]:
+        if not self.started:  # before `start`: a refusal, with the HTTP status it stands for
+            return [_dumps(_refusal(self._ref, error) | {"requestId": self._request_id})]
+        return [self._tagged(app_error_body(error))]
+
+    def _ended(self, frame: str) -> list[str]:
+        start = self._start(None)
+        return [frame] if start is None else [start, frame]
+
+    def _start(self, provider: str | None) -> str | None:
+        if self.started:
+            return None
+        self.started = True
+        body = app_start_body(self._request_id, self._alias, provider)
+        return _dumps({**body, "ref": self._ref})
+
+    def _tagged(self, body: dict[str, Any]) -> str:
+        return _dumps({**body, "requestId": self._request_id})
+
+
+class _Connection:
+    """One authenticated socket: its reader, its writer, its chats (see the module docstring)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        principal: Principal,
+        gateway: Gateway,
+        *,
+        max_frame_bytes: int,
+        queue_frames: int,
+    ) -> None:
+        self._ws = websocket
+        self._principal = principal
+        self._gateway = gateway
+        self._max_frame_bytes = max_frame_bytes
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_frames)
+        self._chats: set[asyncio.Task[None]] = set()
+        self._gone = False  # the client left, or the socket broke: nothing more is sent
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            writer = tasks.create_task(self._write())
+            try:
+                await self._read(tasks)
+            finally:
+                self._leave()
+                writer.cancel()
+
+    async def _read(self, tasks: asyncio.TaskGroup) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                await self._put(_dumps(_refusal(None, InvalidRequest("send JSON text frames"))))
+                continue
+            if len(text) > self._max_frame_bytes or len(text.encode()) > self._max_frame_bytes:
+                self._leave()
+                await self._ws.close(_MESSAGE_TOO_BIG)
+                return
+            await self._dispatch(text, tasks)
+
+    async def _dispatch(self, text: str, tasks: asyncio.TaskGroup) -> None:
+        """Start a chat, cancel one, or answer a bad frame; never closes the socket."""
+        ref: str | None = None
+        try:
+            frame = orjson.loads(text)
+            if not isinstance(frame, dict):
+                raise InvalidRequest("a frame must be a JSON object")
+            raw_ref = frame.pop("ref", None)
+            ref = raw_ref if isinstance(raw_ref, str) else None
+            match frame.pop("type", None):
+                case "chat" if ref is not None:
+                    chat = tasks.create_task(self._chat(ref, frame))
+                    self._chats.add(chat)
+                    chat.add_done_callback(self._chats.discard)
+                case "chat":
+                    raise InvalidRequest("a chat frame needs a string 'ref'")
+                case "cancel":
+                    await self._cancel(frame.get("requestId"))
+                case other:
+                    raise InvalidRequest(f"unknown frame type {other!r}; use 'chat' or 'cancel'")
+        except orjson.JSONDecodeError as exc:
+            await self._put(_dumps(_refusal(None, InvalidRequest(f"not JSON ({exc.msg})"))))
+        except EstuaryError as exc:
+            await self._put(_dumps(_refusal(ref, exc)))
+
+    async def _cancel(self, request_id: object) -> None:
+        if not isinstance(request_id, str):
+            raise InvalidRequest("a cancel frame needs a string 'requestId'")
+        try:
+            await self._gateway.cancel(self._principal, request_id)
+        except EstuaryError as exc:
+            # Tagged with the id: a client routes it to that chat, long finished or never its.
+            await self._put(_dumps({"type": "error", "requestId": request_id} | _error(exc)))
+
+    async def _chat(self, ref: str, body: dict[str, Any]) -> None:
+        """Admit one chat, relay it, end it with one terminal frame; settle its row once."""
+        try:
+            session = await self._gateway.admit(self._principal, parse_app_chat(body), api="app")
+        except EstuaryError as exc:
+            await self._put(_dumps(_refusal(ref, exc)))
+            return
+        except Exception:  # one chat's bug must not end the socket's other chats
+            _log.exception("websocket chat %s could not be admitted", ref)
+            await self._put(_dumps(_refusal(ref, EstuaryError("internal error"))))
+            return
+        frames = _Frames(session, ref)
+        state = _ChatState()
+        try:
+            stopper = Stopper()
+
+            def on_cancel(_: object) -> None:
+                if state.failure is None and stopper.stop():
+                    state.stopped_by = "cancel"
+
+            session.canceled.add_done_callback(on_cancel)
+            try:
+                await stopper.run(self._pump(session, frames, state))
+            finally:
+                session.canceled.remove_done_callback(on_cancel)
+            for frame in self._terminal(session, frames, state):
+                await self._put(frame)
+        finally:
+            if self._gone:
+                state.stopped_by = "client"
+            await asyncio.shield(session.settle(state.outcome()))
+
+    async def _pump(self, session: StreamSession, frames: _Frames, state: _ChatState) -> None:
+        try:
+            async with aclosing(session.events()) as events:
+                async for event in events:
+                    if type(event) is StreamEnd:
+                        state.finish_reason = event.reason
+                    elif (frame := frames.event(event)) is not None:
+                        await self._put(frame)
+        except EstuaryError as exc:
+            state.failure = exc
+        except Exception:
+            _log.exception("websocket stream %s failed", session.request_id)
+            state.failure = EstuaryError("internal error while streaming")
+
+    @staticmethod
+    def _terminal(session: StreamSession, frames: _Frames, state: _ChatState) -> list[str]:
+        if state.failure is not None:
+            return frames.error(state.failure)
+        reason = "canceled" if state.stopped_by == "cancel" else state.finish_reason
+        tokens = session.token_count(complete=state.stopped_by is None)
+        return frames.done(reason, tokens)
+
+    async def _put(self, frame: str) -> None:
+        """Queue a frame for the writer; waits while the queue is full (backpressure)."""
+        if not self._gone:
+            await self._queue.put(frame)
+
+    async def _write(self) -> None:
+        """Send queued frames in order; once the socket is gone, discard them."""
+        while True:
+            frame = await self._queue.get()
+            if self._gone:
+                continue
+            try:
+                await self._ws.send_text(frame)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                self._leave()
+
+    def _leave(self) -> None:
+        """The client is gone: cancel every running chat at once (closing its upstream)."""
+        if self._gone:
+            return
+        self._gone = True
+        for chat in self._chats:
+            chat.cancel()
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return orjson.dumps(body).decode()
+
+
+def _detail(error: EstuaryError) -> dict[str, Any]:
+    detail: dict[str, Any] = {"code": error.code, "message": error.message}
+    detail["status"] = error.status_code
+    if (retry_after := error.retry_after_s) is not None:
+        detail["retryAfter"] = max(1, round(retry_after))
+    return detail
+
+
+def _error(error: EstuaryError) -> dict[str, Any]:
+    return {"error": _detail(error)}
+
+
+def _refusal(ref: str | None, error: EstuaryError) -> dict[str, Any]:
+    """An `error` frame for a chat or frame refused before any `start` (with its ref, if any)."""
+    body: dict[str, Any] = {"type": "error"}
+    if ref is not None:
+        body["ref"] = ref
+    return body | _error(error)
