@@ -20,9 +20,10 @@ Must not import the HTTP layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -117,6 +118,30 @@ class GatewayMetrics:
         if router is not None:
             registry.register(_BreakerCollector(router))
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the dashboard shows live: open streams, and per alias since this process started
+        its requests, errors and time to first token (p50/p95, estimated from the histogram)."""
+        aliases: dict[str, dict[str, float | None]] = {}
+        for metric in self._requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    row = aliases.setdefault(sample.labels["alias"], {"requests": 0, "errors": 0})
+                    row["requests"] = (row["requests"] or 0) + sample.value
+                    if sample.labels["status"] == "error":
+                        row["errors"] = (row["errors"] or 0) + sample.value
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for metric in self._ttft.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    buckets.setdefault(sample.labels["alias"], []).append((bound, sample.value))
+        for alias, counts in buckets.items():
+            row = aliases.setdefault(alias, {"requests": 0, "errors": 0})
+            row["ttft_p50_ms"] = _quantile(counts, 0.5)
+            row["ttft_p95_ms"] = _quantile(counts, 0.95)
+        open_streams = next(iter(self._open.collect())).samples[0].value
+        return {"open_streams": int(open_streams), "aliases": aliases}
+
     def render(self) -> bytes:
         """The text exposition format of every metric (content type: `CONTENT_TYPE`)."""
         return generate_latest(self.registry)
@@ -162,3 +187,21 @@ class GatewayMetrics:
             self._upstream_errors.labels(provider, attempt.error.code).inc()
         if error is not None:
             self._upstream_errors.labels(error.provider, error.code).inc()
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The `q` quantile in milliseconds from cumulative histogram buckets (seconds),
+    interpolated inside its bucket; None without observations."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0.0
+    if total == 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower * 1000
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return (lower + (bound - lower) * share) * 1000
+        lower, below = bound, count
+    return lower * 1000

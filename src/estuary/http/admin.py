@@ -6,7 +6,7 @@ key's, or one end user's). Usage comes as JSON or, with `?format=csv`, as CSV.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast, get_args
 
 from starlette.requests import Request
@@ -29,6 +29,12 @@ _CREATE_FIELDS: Final = frozenset(
     {"name", "models", "budget", "allow_system", "templates", "expires_at", *_POLICY_INTS}
 )
 _MAX_NAME: Final = 200
+_STATS: Final[tuple[tuple[str, tuple[UsageDimension, ...]], ...]] = (
+    ("by_day", ("day", "alias")),
+    ("by_key", ("key",)),
+    ("by_user", ("user",)),
+    ("by_alias", ("alias",)),
+)
 
 
 class AdminHandlers:
@@ -68,6 +74,25 @@ class AdminHandlers:
         query = request.query_params
         where = _filter(request, key_id=query.get("key"), end_user=query.get("user"))
         return await self._usage(request, where, default_by=("day", "alias"))
+
+    async def stats(self, request: Request) -> Response:
+        """The dashboard's data: usage over time by model, by key and by user from the ledger;
+        live numbers (open streams, time to first token, errors) from this process."""
+        self._require_admin(request)
+        where = _filter(request, key_id=None, end_user=None)
+        if where.since is None:
+            where = UsageFilter(since=datetime.now(UTC) - timedelta(days=7), until=where.until)
+        series = {
+            name: [{**t.group, **_sums(t)} for t in await self._store.usage(where, by)]
+            for name, by in _STATS
+        }
+        return JSONResponse(
+            {
+                "since": where.since.isoformat() if where.since else None,
+                **series,
+                "live": self._gateway.metrics.snapshot(),
+            }
+        )
 
     async def own_usage(self, request: Request) -> Response:
         principal: Principal = await authenticate(request, self._auth)

@@ -75,6 +75,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/admin/keys", admin.list_keys, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/admin/usage", admin.admin_usage, methods=["GET"]),
+        Route("/admin/stats", admin.stats, methods=["GET"]),
         *page_routes(),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),

@@ -1,4 +1,6 @@
-"""The chat page at `/` and its static files, served as they are (no build step).
+"""The chat page at `/`, the dashboard at `/dashboard`, and their static files, served as they
+are (no build step). The dashboard asks for the admin key in the page; its data comes from
+`/admin/stats`.
 
 The page imports the JavaScript client from `/static/client/`, which is `clients/js/src` of the
 source checkout: one copy of the client, the one its own test suite covers. An installed wheel
@@ -36,8 +38,16 @@ class _Static(StaticFiles):
 
 
 async def _index(request: Request) -> Response:
+    return _page("index.html")
+
+
+async def _dashboard(request: Request) -> Response:
+    return _page("dashboard.html")
+
+
+def _page(name: str) -> Response:
     return FileResponse(
-        _STATIC / "index.html",
+        _STATIC / name,
         headers={
             **_HEADERS,
             # Model output is untrusted: no inline script, no foreign origins, no plugins.
@@ -50,8 +60,11 @@ async def _index(request: Request) -> Response:
 
 
 def page_routes() -> list[BaseRoute]:
-    """`/`, `/static/…` and, in a source checkout, `/static/client/…`."""
-    routes: list[BaseRoute] = [Route("/", _index, methods=["GET"])]
+    """`/`, `/dashboard`, `/static/…` and, in a source checkout, `/static/client/…`."""
+    routes: list[BaseRoute] = [
+        Route("/", _index, methods=["GET"]),
+        Route("/dashboard", _dashboard, methods=["GET"]),
+    ]
     if _CLIENT.is_dir():
         routes.append(Mount("/static/client", app=_Static(directory=_CLIENT), name="client"))
     routes.append(Mount("/static", app=_Static(directory=_STATIC), name="static"))
