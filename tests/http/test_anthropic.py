@@ -73,15 +73,6 @@ def gateway(make_gateway: Callable[..., RunningGateway], upstream: FakeUpstream)
 
 
 @pytest.fixture
-async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The official OpenAI SDK, with Estuary's key, no retries."""
-    async with openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key=APP_KEY, max_retries=0, timeout=10
-    ) as sdk:
-        yield sdk
-
-
-@pytest.fixture
 async def claude(gateway: RunningGateway) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """The official Anthropic SDK pointed at Estuary, with Estuary's key, no retries."""
     async with anthropic.AsyncAnthropic(

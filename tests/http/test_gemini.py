@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import openai
@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from estuary.testing import FakeToolCall, FakeUpstream, Scenario, fake_usage
-from tests.support import APP_KEY, AUTH, UPSTREAM_KEY, RunningGateway, read_app_stream
+from tests.support import AUTH, UPSTREAM_KEY, RunningGateway, read_app_stream
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "system", "content": "Be brief."},
@@ -50,15 +50,6 @@ targets = ["badgem/gemini-2.5-flash"]
 def gateway(make_gateway: Callable[..., RunningGateway], upstream: FakeUpstream) -> RunningGateway:
     """The test gateway plus Gemini providers pointed at the fake upstream's root."""
     return make_gateway(extra=EXTRA.format(root=upstream.base_url.removesuffix("/v1")))
-
-
-@pytest.fixture
-async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The official SDK, with Estuary's key, no retries."""
-    async with openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key=APP_KEY, max_retries=0, timeout=10
-    ) as sdk:
-        yield sdk
 
 
 async def test_sdk_streams_the_exact_text_and_the_usage_gemini_reported(

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import openai
 import pytest
 
 from estuary.testing import FakeToolCall, FakeUpstream, Scenario, fake_usage
-from tests.support import APP_KEY, RunningGateway
+from tests.support import RunningGateway
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Tell me about 杭州."},
 ]
-
-
-@pytest.fixture
-async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The official SDK, with Estuary's key, no retries."""
-    async with openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/v1", api_key=APP_KEY, max_retries=0, timeout=10
-    ) as sdk:
-        yield sdk
 
 
 async def test_sdk_streams_the_exact_text_and_a_usage_chunk(

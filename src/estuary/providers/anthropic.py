@@ -18,12 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from estuary.core.errors import UpstreamRejected
 from estuary.core.redaction import Redactor
 from estuary.core.requests import UpstreamRequest
 from estuary.providers.anthropic_wire import (
     AnthropicStreamParser,
-    UntranslatableRequest,
     messages_body,
 )
 from estuary.providers.streaming import StreamingProvider, StreamParser
@@ -76,8 +74,5 @@ class AnthropicProvider(StreamingProvider):
 
     def _wire(self, request: UpstreamRequest, model: str) -> bytes:
         """The whole HTTP request: the pre-encoded head, its length, the JSON body."""
-        try:
-            body = messages_body(request, model)
-        except UntranslatableRequest as exc:
-            raise UpstreamRejected(self._name, self._redact(str(exc))) from None
+        body = messages_body(request, model)
         return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body

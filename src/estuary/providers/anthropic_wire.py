@@ -62,6 +62,7 @@ from estuary.core.events import (
 )
 from estuary.core.redaction import Redactor
 from estuary.core.requests import CompletionRequest, UpstreamRequest
+from estuary.providers.base import UntranslatableRequest
 from estuary.sse import SSEDecoder
 
 __all__ = [
@@ -104,10 +105,6 @@ _ERRORS: Final[Mapping[str, type[UpstreamError]]] = MappingProxyType(
 _TOOL_MODES: Final[Mapping[str, str]] = MappingProxyType(
     {"auto": "auto", "none": "none", "required": "any"}
 )
-
-
-class UntranslatableRequest(ValueError):
-    """The request uses something Anthropic's format cannot carry; the message says what."""
 
 
 # -- the request ------------------------------------------------------------------------------

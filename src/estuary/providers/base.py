@@ -27,7 +27,21 @@ from typing import Protocol, runtime_checkable
 from estuary.core.events import StreamEvent
 from estuary.core.requests import ChatRequest, UpstreamRequest
 
-__all__ = ["ContinuesPrefix", "Provider", "Timeouts", "with_assistant_prefix"]
+__all__ = [
+    "ContinuesPrefix",
+    "Provider",
+    "Timeouts",
+    "UntranslatableRequest",
+    "with_assistant_prefix",
+]
+
+
+class UntranslatableRequest(ValueError):
+    """The request uses something the target's wire format cannot carry; the message says what.
+
+    Raised by the request builders of the non-OpenAI formats; the provider reports it as the
+    request's own fault (`UpstreamRejected`, no fallback).
+    """
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,11 +24,10 @@ import orjson
 from estuary.core.errors import (
     UpstreamAuthFailed,
     UpstreamError,
-    UpstreamRejected,
 )
 from estuary.core.redaction import Redactor
 from estuary.core.requests import UpstreamRequest
-from estuary.providers.gemini_wire import GeminiStreamParser, UntranslatableRequest, generate_body
+from estuary.providers.gemini_wire import GeminiStreamParser, generate_body
 from estuary.providers.http_errors import error_for_status
 from estuary.providers.streaming import StreamingProvider, StreamParser
 from estuary.providers.upstream_http import (
@@ -75,10 +74,7 @@ class GeminiProvider(StreamingProvider):
 
     def _wire(self, request: UpstreamRequest, model: str) -> bytes:
         """The whole HTTP request: head, its length, the JSON body."""
-        try:
-            body = generate_body(request)
-        except UntranslatableRequest as exc:
-            raise UpstreamRejected(self._name, self._redact(str(exc))) from None
+        body = generate_body(request)
         name = quote(model.removeprefix("models/"), safe="-._~")  # Google lists "models/…"
         path = f"/v1beta/models/{name}:streamGenerateContent?alt=sse"
         head = request_head(self._endpoint, path, self._headers)

@@ -52,6 +52,7 @@ from estuary.core.events import (
 )
 from estuary.core.redaction import Redactor
 from estuary.core.requests import CompletionRequest, UpstreamRequest
+from estuary.providers.base import UntranslatableRequest
 from estuary.sse import SSEDecoder
 
 __all__ = ["PLACEHOLDER_SIGNATURE", "GeminiStreamParser", "UntranslatableRequest", "generate_body"]
@@ -80,10 +81,6 @@ _TOOL_MODES: Final[Mapping[str, str]] = MappingProxyType(
 )
 _AUDIO_TYPES: Final[Mapping[str, str]] = MappingProxyType({"wav": "audio/wav", "mp3": "audio/mp3"})
 _MAX_ERROR_TEXT: Final = 500
-
-
-class UntranslatableRequest(ValueError):
-    """The request uses something Gemini's format cannot carry; the message says what."""
 
 
 # -- the request ------------------------------------------------------------------------------

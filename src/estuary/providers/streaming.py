@@ -24,11 +24,11 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Final, Protocol
 
-from estuary.core.errors import UpstreamError, UpstreamTimeout
+from estuary.core.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from estuary.core.events import StreamEvent, StreamStart
 from estuary.core.redaction import Redactor
 from estuary.core.requests import UpstreamRequest
-from estuary.providers.base import Timeouts
+from estuary.providers.base import Timeouts, UntranslatableRequest
 from estuary.providers.http_errors import connection_failure, error_for_status
 from estuary.providers.upstream_http import (
     Endpoint,
@@ -76,7 +76,8 @@ class StreamingProvider:
         """Nothing to release: the pool belongs to whoever built the providers."""
 
     def _wire(self, request: UpstreamRequest, model: str) -> bytes:
-        """The whole HTTP request (head, `Content-Length`, body) for `model`."""
+        """The whole HTTP request (head, `Content-Length`, body) for `model`; may raise
+        `UntranslatableRequest`, which `stream` reports as `UpstreamRejected`."""
         raise NotImplementedError
 
     def _parser(self, request: UpstreamRequest) -> StreamParser:
@@ -96,7 +97,7 @@ class StreamingProvider:
         try:
             async with asyncio.timeout(timeouts.first_token_s):
                 # The request bytes are not kept in this frame: a stream lives long, they don't.
-                response = await self._open(self._wire(request, model), timeouts.connect_s)
+                response = await self._open(self._request(request, model), timeouts.connect_s)
                 first = await self._first_events(response, parser)
             phase = f"no data for {timeouts.idle_s:g} s"
             yield StreamStart(provider=self._name, model=model)
@@ -115,6 +116,12 @@ class StreamingProvider:
         finally:
             if response is not None:
                 response.abort()  # left early (cancel, disconnect, error)
+
+    def _request(self, request: UpstreamRequest, model: str) -> bytes:
+        try:
+            return self._wire(request, model)
+        except UntranslatableRequest as exc:  # the request itself: no other target would do
+            raise UpstreamRejected(self._name, self._redact(str(exc))) from None
 
     async def _open(self, wire: bytes, connect_s: float) -> UpstreamResponse:
         """Send the request and wait for the response headers (see the module docstring)."""
