@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from datetime import date, datetime
 from types import MappingProxyType
@@ -32,7 +33,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, InvalidRequestError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InvalidRequestError,
+    OperationalError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from estuary.core.policy import KeyPolicy, KeyRecord
@@ -61,9 +68,9 @@ __all__ = ["SQLStore", "async_url"]
 
 _SQLITE_PRAGMAS: Final = (
     "PRAGMA busy_timeout = 15000",  # wait up to 15 s for another process's write lock
-    "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",  # in WAL: durable across a process kill, fsync at checkpoints
 )
+_SQLITE_WAL_WAIT_S: Final = 15.0  # as long as busy_timeout: how long start() retries the switch
 _MYSQL_RECYCLE_S: Final = 3600  # below the server's wait_timeout (8 h by default)
 _R: Final = REQUESTS.c
 _K: Final = API_KEYS.c
@@ -120,6 +127,30 @@ def _create_engine(url: URL) -> AsyncEngine:
     return engine
 
 
+async def _enable_wal(engine: AsyncEngine) -> None:
+    """Put the SQLite file in WAL mode (which persists in the file), retrying while it is busy.
+
+    Switching a new file's journal mode needs its exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, while another process holds it, as happens when
+    several processes start together on a new file. So this retries here, off the connect hook.
+    """
+    deadline = time.monotonic() + _SQLITE_WAL_WAIT_S
+    delay = 0.01
+    while True:
+        try:
+            async with engine.connect() as connection:
+                mode = await connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+                if str(mode.scalar()).lower() == "wal":
+                    return
+        except OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise RuntimeError("the SQLite ledger could not be put in WAL mode")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 class SQLStore:
     """`Store` over a SQL database; call `start()` before use and `aclose()` at the end."""
 
@@ -140,6 +171,8 @@ class SQLStore:
             raise RuntimeError("the ledger store is closed")
         if self._writer.started:
             raise RuntimeError("the ledger store is already started")
+        if self._engine.dialect.name == "sqlite":
+            await _enable_wal(self._engine)
         await migrate(self._engine)
         interrupt = (
             update(REQUESTS)
