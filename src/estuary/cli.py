@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 
 from estuary.commands import doctor, keys_app, usage
 from estuary.config import ConfigError, load_config
-from estuary.logs import configure_logging
-from estuary.server import build_app, build_runtime, tune_gc
 from estuary.testing import Scenario, run_fake_upstream
+from estuary.workers import run_single, run_workers
 
 __all__ = ["app", "main"]
 
@@ -36,6 +34,10 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address (overrides the file)")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (overrides the file)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes on one port (over 1 needs Redis state)"),
+    ] = None,
 ) -> None:
     """Run the gateway. Without --config: the demo provider, anonymous access on loopback."""
     overrides: dict[str, Any] = {}
@@ -43,34 +45,27 @@ def serve(
         overrides["server.host"] = host
     if port is not None:
         overrides["server.port"] = port
+    if workers is not None:
+        overrides["server.workers"] = workers
     try:
         settings = load_config(config, overrides=overrides)
     except ConfigError as exc:
         typer.echo(f"estuary: {exc}", err=True)
         raise typer.Exit(2) from None
-    try:
-        runtime = build_runtime(settings)
-    except NotImplementedError as exc:
-        typer.echo(f"estuary: {exc}", err=True)
-        raise typer.Exit(2) from None
-    configure_logging(settings.server.log_level, runtime.redactor)
     server = settings.server
     where = f"http://{server.host}:{server.port}"
     typer.echo(f"Estuary on {where}  (models: {', '.join(settings.models)})", err=True)
     if config is None:
         typer.echo(f"Try: curl -N '{where}/api/chat/stream?message=hi'", err=True)
-    app = build_app(runtime)
-    tune_gc()
-    uvicorn.run(
-        app,
-        host=server.host,
-        port=server.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        if server.workers > 1:
+            typer.echo(f"{server.workers} worker processes", err=True)
+            run_workers(config, overrides, settings)
+        else:
+            run_single(settings)
+    except (NotImplementedError, ConfigError) as exc:
+        typer.echo(f"estuary: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("fake-upstream")

@@ -118,6 +118,8 @@ class ServerConfig(_Table):
     cors_origins: tuple[str, ...] = ()
     heartbeat_s: float = Field(default=15.0, gt=0)
     header_hold_s: float = Field(default=10.0, ge=0)
+    resume_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    resume_ttl_s: float = Field(default=300.0, gt=0, le=86400)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     default_model: str | None = None
     ticket_ttl_s: float = Field(default=60.0, gt=0)
@@ -217,6 +219,8 @@ class StateConfig(_Table):
     """`[state]`: shared state for limits, cancel and resume (`memory://` or `redis://…`)."""
 
     url: str = Field(default="memory://", pattern=_STORE_URL.pattern)
+    prefix: str = Field(default="estuary:", min_length=1, max_length=100)
+    on_failure: Literal["open", "closed"] = "open"
 
 
 class ProviderConfig(_Table):

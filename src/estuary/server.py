@@ -25,7 +25,7 @@ from estuary.core.policy import KeyPolicy
 from estuary.core.prices import Price, Prices
 from estuary.core.redaction import Redactor
 from estuary.gateway.metrics import GatewayMetrics
-from estuary.gateway.session import Gateway
+from estuary.gateway.session import REVOKED_CHANNEL, Gateway
 from estuary.http.app import create_app
 from estuary.http.routes import Services
 from estuary.http.streaming import StreamSettings
@@ -127,6 +127,7 @@ def build_runtime(
         return await store.spent(key_id=key_id, end_user=end_user)
 
     authenticator = _authenticator(config, ledger, settings.user)
+    state.subscribe(REVOKED_CHANNEL, authenticator.forget)  # a revocation on another instance
     router = Router(
         routes,
         default=server.default_model,
@@ -159,7 +160,12 @@ def build_runtime(
         authenticator=authenticator,
         tickets=TicketIssuer(state, authenticator, ttl_s=server.ticket_ttl_s),
         store=ledger,
-        stream=StreamSettings(heartbeat_s=server.heartbeat_s, header_hold_s=server.header_hold_s),
+        stream=StreamSettings(
+            heartbeat_s=server.heartbeat_s,
+            header_hold_s=server.header_hold_s,
+            resume_grace_s=server.resume_grace_s,
+            resume_ttl_s=server.resume_ttl_s,
+        ),
         max_body_bytes=server.max_body_bytes,
         cors_origins=tuple(server.cors_origins),
     )

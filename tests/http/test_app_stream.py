@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -156,10 +157,14 @@ async def test_heartbeats_keep_a_silent_stream_alive(
     assert [e["type"] for e in got.events] == ["start", "content", "content", "done"]
 
 
-async def test_client_disconnect_aborts_the_upstream(
-    gateway: RunningGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+async def test_client_disconnect_aborts_the_upstream_without_a_grace_period(
+    make_gateway: Callable[..., RunningGateway],
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
 ) -> None:
-    """Closing the connection mid-stream closes the upstream request too, and the row says so."""
+    """With `resume_grace_s = 0`, closing the connection mid-stream closes the upstream request
+    at once (tests/http/test_resume.py has the grace period), and the row says so."""
+    gateway = make_gateway(server="resume_grace_s = 0")
     upstream.enqueue(Scenario(tokens=200, gap_s=0.05))
     response = await http.post(f"{gateway.url}/api/chat/stream", json=CHAT, headers=AUTH)
     request_id = response.headers["X-Request-Id"]

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from estuary.testing import FakeUpstream, Scenario
-from tests.support import APP_KEY, AUTH, UPSTREAM_KEY, RunningGateway
+from tests.support import APP_KEY, AUTH, UPSTREAM_KEY, RunningGateway, read_app_stream
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello"}], "model": "chat"}
 Frame = dict[str, Any]
@@ -79,7 +79,11 @@ async def test_a_chat_over_a_ticket_socket_streams_start_content_done(
         "requestId": request_id,
         "model": "chat",
         "provider": "fake",
+        "id": f"{request_id}:1",
     }
+    # Each frame carries its event's id in the resume log: a dropped socket resumes by SSE.
+    ids = [f["id"] for f in (start, *content, done)]
+    assert ids == [f"{request_id}:{n}" for n in range(1, len(ids) + 1)]
     assert {f["type"] for f in content} == {"content"}
     assert all(f["requestId"] == request_id for f in content)
     assert _text(content, request_id) == scenario.expected_text()
@@ -173,9 +177,13 @@ async def test_cancel_ends_the_chat_with_done_canceled_and_closes_the_upstream(
 
 
 async def test_closing_the_socket_mid_stream_closes_every_upstream_and_settles_rows(
-    gateway: RunningGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+    make_gateway: Callable[..., RunningGateway],
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
 ) -> None:
-    """The client leaves: both running chats' upstreams close, both rows are client_disconnected."""
+    """With no grace period, the client leaves: both running chats' upstreams close at once,
+    both rows are client_disconnected."""
+    gateway = make_gateway(server="resume_grace_s = 0")
     upstream.enqueue(Scenario(tokens=200, gap_s=0.05), Scenario(tokens=200, gap_s=0.05))
     async with await _open(gateway, http) as ws:
         await ws.send_json({"type": "chat", "ref": "a", **CHAT})
@@ -297,9 +305,12 @@ async def test_a_client_that_does_not_read_holds_the_upstream_back(
 
 
 async def test_a_client_that_leaves_while_its_queue_is_full_still_ends_everything(
-    gateway: RunningGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+    make_gateway: Callable[..., RunningGateway],
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
 ) -> None:
     """Leaving with the server blocked on a full queue: upstream closed, row client_disconnected."""
+    gateway = make_gateway(server="resume_grace_s = 0")
     total = 3000
     upstream.enqueue(Scenario(text=tuple("~" * 16_000 for _ in range(total))))
     async with await _open(gateway, http) as ws:
@@ -315,3 +326,29 @@ async def test_a_client_that_leaves_while_its_queue_is_full_still_ends_everythin
     assert row.status == "canceled"
     assert row.settled is not None
     assert row.settled.finish_reason == "client_disconnected"
+
+
+async def test_a_dropped_socket_resumes_its_chat_over_sse_from_the_last_frame_id(
+    make_gateway: Callable[..., RunningGateway],
+    upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The socket drops mid-chat; the chat goes on; GET with the last frame's id gets the rest."""
+    gateway = make_gateway(server="resume_grace_s = 10")
+    scenario = Scenario(tokens=40, gap_s=0.02)
+    upstream.enqueue(scenario)
+    async with await _open(gateway, http) as ws:
+        await ws.send_json({"type": "chat", "ref": "c1", **CHAT})
+        frames = [await _frame(ws) for _ in range(4)]
+    request_id = frames[0]["requestId"]
+    headers = {**AUTH, "Last-Event-ID": frames[-1]["id"]}
+    async with http.get(f"{gateway.url}/api/chat/stream/{request_id}", headers=headers) as answer:
+        rest = await read_app_stream(answer)
+    ids = [f["id"] for f in frames] + rest.ids
+    assert ids == [f"{request_id}:{n}" for n in range(1, len(ids) + 1)]
+    assert rest.events[-1]["type"] == "done"
+    text = _text(frames, request_id) + "".join(
+        e["content"] for e in rest.events if e["type"] == "content"
+    )
+    assert text == scenario.expected_text()
+    assert (await gateway.row(request_id)).status == "completed"

@@ -17,6 +17,8 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
     │   └── ModelNotFound             404 model_not_found
     ├── MethodNotAllowed              405 method_not_allowed
     ├── StreamFinished                409 stream_finished
+    ├── StreamInterrupted             502 stream_interrupted        (retryable) a resume that
+    │                                                               cannot reach the stream's end
     ├── RateLimited                   429 rate_limited (+ Retry-After)
     ├── ServiceUnavailable            503 unavailable
     └── UpstreamError                 502 upstream_error            fallback
@@ -46,6 +48,7 @@ __all__ = [
     "RequestTooLarge",
     "ServiceUnavailable",
     "StreamFinished",
+    "StreamInterrupted",
     "UnsupportedMediaType",
     "UpstreamAuthFailed",
     "UpstreamError",
@@ -122,6 +125,11 @@ class MethodNotAllowed(EstuaryError):
 
 class StreamFinished(EstuaryError):
     status_code, code, type = 409, "stream_finished", "invalid_request_error"
+
+
+class StreamInterrupted(EstuaryError):
+    status_code, code, type = 502, "stream_interrupted", "server_error"
+    retryable = True
 
 
 class _WithRetryAfter(EstuaryError):

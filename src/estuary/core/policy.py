@@ -28,6 +28,7 @@ class KeyPolicy:
     max_tokens: int | None = None
     allow_system: bool = True
     templates: tuple[str, ...] = ()
+    resume_grace_s: float | None = None  # None: the server's `[server] resume_grace_s`
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with only the fields that differ from the defaults."""

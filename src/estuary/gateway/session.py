@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,11 +49,12 @@ from estuary.limits.policy import PolicyEnforcer, PromptTemplate
 from estuary.routing.breaker import Breakers
 from estuary.routing.fallback import Attempt, stream_with_fallback
 from estuary.routing.routes import Route, Router, Target
-from estuary.state.base import StateStore
+from estuary.state.base import EventLog, StateStore
 
-__all__ = ["Gateway", "Outcome", "StreamSession"]
+__all__ = ["REVOKED_CHANNEL", "Gateway", "Outcome", "StreamSession"]
 
 _log: Final = structlog.get_logger("estuary.gateway")
+REVOKED_CHANNEL: Final = "keys.revoked"  # message: the key id; subscribers forget its lookups
 _CHECK_CHARS: Final = 256  # how much answer text between checks of a watched reservation
 
 
@@ -166,6 +167,28 @@ class Gateway:
             metrics=self.metrics,
         )
 
+    async def revoked(self, key_id: str) -> None:
+        """Tell every instance that `key_id` was revoked (see `REVOKED_CHANNEL`)."""
+        try:
+            await self._state.publish(REVOKED_CHANNEL, key_id)
+        except Exception as exc:  # the others still see it within their key cache's lifetime
+            _log.warning("keys.revocation_not_broadcast", key_id=key_id, error=type(exc).__name__)
+
+    def open_log(self, session: StreamSession, ttl_s: float) -> EventLog:
+        """Start `session`'s resume log, readable by the same caller for `ttl_s` after it ends."""
+        return self._state.open_log(session.request_id, _owner(session.principal), ttl_s)
+
+    async def read_log(
+        self, principal: Principal, request_id: str, after: int
+    ) -> AsyncIterator[bytes]:
+        """The frames of a stream's resume log after seq `after`; raises `NotFound`."""
+        frames = await self._state.read_log(request_id, _owner(principal), after)
+        if frames is None:
+            raise NotFound(
+                f"no resumable stream '{request_id}' for this caller (unknown, or it expired)"
+            )
+        return frames
+
     async def readiness(self) -> dict[str, str]:
         """`ok` or the reason per check: ledger, state store, a usable target per alias."""
         return await readiness(self._ledger, self._state, self.router)
@@ -181,6 +204,13 @@ class Gateway:
     async def _finish(self, row: SettledRow) -> None:
         await self._state.finish_stream(row.request_id)
         await self._ledger.settle(row)
+
+
+def _owner(principal: Principal) -> str:
+    """Who may resume a stream: the same key, and the same end user when there is one."""
+    if principal.end_user is None:
+        return principal.key_id
+    return f"{principal.key_id}\x00{principal.end_user}"
 
 
 async def _committed(opened: asyncio.Future[None]) -> None:
@@ -282,6 +312,10 @@ class StreamSession:
                 elif self._first_token_at is None and event.kind in ("reasoning", "tool_call"):
                     self._first_token_at = self._clock()
                 yield event
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
 
     def _failed_over(self, event: Failover, chunks: int) -> None:
         """Another target continues the answer from here; the row names it from now on."""

@@ -67,6 +67,7 @@ class AdminHandlers:
         if not await self._store.revoke_key(key_id, datetime.now(UTC)):
             raise NotFound(f"no active key '{key_id}'")
         self._auth.forget(key_id)
+        await self._gateway.revoked(key_id)  # the other instances drop their cached lookups
         return JSONResponse({"id": key_id, "revoked": True})
 
     async def admin_usage(self, request: Request) -> Response:

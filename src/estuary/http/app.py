@@ -59,6 +59,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/api/chat/stream", handlers.app_stream_post, methods=["POST"]),
         Route("/api/chat/stream", handlers.app_stream_get, methods=["GET"]),
+        Route("/api/chat/stream/{request_id}", handlers.app_stream_resume, methods=["GET"]),
         Route("/api/chat/{request_id}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/tickets", handlers.create_ticket, methods=["POST"]),
         WebSocketRoute(
@@ -68,6 +69,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
                 authenticator=services.authenticator,
                 tickets=services.tickets,
                 max_frame_bytes=services.max_body_bytes,
+                stream=services.stream,
             ).serve,
         ),
         Route("/api/usage", admin.own_usage, methods=["GET"]),

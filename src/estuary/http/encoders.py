@@ -31,6 +31,7 @@ from estuary.core.events import (
 )
 from estuary.core.usage import TokenCount
 from estuary.sse import encode_comment
+from estuary.state.base import EventLog
 
 __all__ = [
     "AppSSEEncoder",
@@ -43,6 +44,7 @@ __all__ = [
     "app_event_body",
     "app_start_body",
     "error_body",
+    "is_terminal",
     "openai_finish_reason",
 ]
 
@@ -111,23 +113,42 @@ class Encoder(Protocol):
     def error(self, error: EstuaryError) -> bytes: ...
 
 
+def is_terminal(frame: bytes) -> bool:
+    """Whether an app-API SSE frame is the stream's `done` or `error` (answer text inside a JSON
+    string has its quotes escaped, so it cannot look like either)."""
+    return b'data: {"type":"done"' in frame or b'data: {"type":"error"' in frame
+
+
 class AppSSEEncoder:
-    """The app API's event stream (see DESIGN "App-API events")."""
+    """The app API's event stream (see DESIGN "App-API events").
+
+    With a resume `log`, every frame is also appended to it under its seq, as it is encoded —
+    whether or not a client is still there to receive it.
+    """
 
     media_type = SSE_MEDIA_TYPE
     heartbeat: bytes | None = _PING
 
-    def __init__(self, request_id: str, alias: str) -> None:
+    def __init__(self, request_id: str, alias: str, log: EventLog | None = None) -> None:
         self._prefix = f"id: {request_id}:".encode()
         self._request_id = request_id
         self._alias = alias
         self._seq = 0
         self._started = False
+        self._log = log
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last frame encoded (0 before the first)."""
+        return self._seq
 
     def event(self, event: StreamEvent) -> bytes:
         if type(event) is TextDelta:  # the token path: no dict, one small dumps
             self._seq += 1
-            return _APP_CONTENT % (self._prefix, self._seq, orjson.dumps(event.text))
+            frame = _APP_CONTENT % (self._prefix, self._seq, orjson.dumps(event.text))
+            if self._log is not None:
+                self._log.append(self._seq, frame)
+            return frame
         if type(event) is StreamStart:
             return self._start(event.provider)
         body = app_event_body(event)
@@ -147,7 +168,10 @@ class AppSSEEncoder:
 
     def _message(self, body: dict[str, Any]) -> bytes:
         self._seq += 1
-        return b"%s%d\ndata: %s\n\n" % (self._prefix, self._seq, orjson.dumps(body))
+        frame = b"%s%d\ndata: %s\n\n" % (self._prefix, self._seq, orjson.dumps(body))
+        if self._log is not None:
+            self._log.append(self._seq, frame)
+        return frame
 
 
 class TextEncoder:

@@ -43,7 +43,8 @@ from estuary.http.encoders import (
     TextEncoder,
 )
 from estuary.http.inputs import authenticate, read_json, refuse_url_credentials
-from estuary.http.streaming import StreamResponse, StreamSettings
+from estuary.http.resume import ResumeResponse, last_event_seq
+from estuary.http.streaming import Resumable, StreamResponse, StreamSettings
 from estuary.ledger.base import Store
 
 __all__ = ["Handlers", "Services"]
@@ -139,10 +140,15 @@ class Handlers:
             return CollectedResponse(session)
         encoder: Encoder
         alias = session.route.alias
+        resumable: Resumable | None = None
         if text:
             encoder = TextEncoder()
         elif api == "app":
-            encoder = AppSSEEncoder(session.request_id, alias)
+            settings = self._s.stream
+            log = self._s.gateway.open_log(session, settings.resume_ttl_s)
+            grace = principal.policy.resume_grace_s
+            resumable = Resumable(log, settings.resume_grace_s if grace is None else grace)
+            encoder = AppSSEEncoder(session.request_id, alias, log)
         elif isinstance(request, ChatRequest):
             encoder = OpenAIChatEncoder(
                 session.request_id, alias, include_usage=request.include_usage
@@ -151,7 +157,15 @@ class Handlers:
             encoder = OpenAICompletionEncoder(
                 session.request_id, alias, include_usage=request.include_usage
             )
-        return StreamResponse(session, encoder, self._s.stream)
+        return StreamResponse(session, encoder, self._s.stream, resumable)
+
+    async def app_stream_resume(self, request: Request) -> ASGIApp:
+        """`GET /api/chat/stream/{id}`: the events after `Last-Event-ID`, then the live rest."""
+        principal = await authenticate(request, self._s.authenticator)
+        request_id = request.path_params["request_id"]
+        after = last_event_seq(request, request_id)
+        frames = await self._s.gateway.read_log(principal, request_id, after)
+        return ResumeResponse(request_id, frames, heartbeat_s=self._s.stream.heartbeat_s)
 
 
 def _wants_text(request: Request) -> bool:

@@ -36,9 +36,11 @@ from estuary.core.events import StreamEnd, StreamStart
 from estuary.gateway.session import Outcome, StreamSession
 from estuary.http.encoders import Encoder, error_body
 from estuary.http.stopper import Stopper
+from estuary.state.base import EventLog
 
 __all__ = [
     "SERVER_SEND",
+    "Resumable",
     "StreamResponse",
     "StreamSettings",
     "error_messages",
@@ -56,6 +58,16 @@ class StreamSettings:
 
     heartbeat_s: float = 15.0
     header_hold_s: float = 10.0
+    resume_grace_s: float = 30.0  # app API: a dropped client's stream goes on this long
+    resume_ttl_s: float = 300.0  # app API: a stream's events stay readable this long after it
+
+
+@dataclass(frozen=True, slots=True)
+class Resumable:
+    """An app-API stream a dropped client may resume: its log, and how long to wait for that."""
+
+    log: EventLog
+    grace_s: float
 
 
 def streaming_headers(media_type: str, request_id: str) -> list[tuple[bytes, bytes]]:
@@ -85,10 +97,19 @@ def error_messages(
 class StreamResponse:
     """An ASGI response relaying `session` through `encoder` (see the module docstring)."""
 
-    def __init__(self, session: StreamSession, encoder: Encoder, settings: StreamSettings) -> None:
+    def __init__(
+        self,
+        session: StreamSession,
+        encoder: Encoder,
+        settings: StreamSettings,
+        resumable: Resumable | None = None,
+    ) -> None:
         self._session = session
         self._encoder = encoder
         self._settings = settings
+        self._resumable = resumable
+        self._detached = False  # the client left, the stream goes on into the log (grace)
+        self._grace: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self._send: Send | None = None
@@ -119,10 +140,14 @@ class StreamResponse:
                     await self._stopper.run(self._pump())
                 finally:
                     self._timer.cancel()
+                    if self._grace is not None:
+                        self._grace.cancel()
                     canceled.remove_done_callback(self._on_cancel)
                     watcher.cancel()
             await self._end()
         finally:
+            if self._resumable is not None:
+                self._resumable.log.close()
             await asyncio.shield(self._session.settle(self._outcome()))
 
     async def _pump(self) -> None:
@@ -144,6 +169,8 @@ class StreamResponse:
             self._failure = EstuaryError("internal error while streaming")
 
     async def _write(self, data: bytes) -> None:
+        if self._detached:
+            return  # the frames are in the resume log already; nobody is on this connection
         if self._held:
             data, self._held = self._held + data, b""
         async with self._lock:
@@ -166,20 +193,25 @@ class StreamResponse:
         """Write the one terminal message (unless the client left) and end the body."""
         send = self._send
         assert send is not None
-        if self._stopped_by == "client":
+        if self._detached or self._stopped_by == "client":
+            if self._resumable is not None:  # for a resume that comes after all
+                self._terminal()
             return
         if self._failure is not None and not self._committed:
             start, body = error_messages(self._failure, self._session.request_id)
             await send(start)
             await send(body)
             return
-        if self._failure is not None:
-            await self._write(self._encoder.error(self._failure))
-        else:
-            reason = "canceled" if self._stopped_by == "cancel" else self._finish_reason
-            tokens = self._session.token_count(complete=self._stopped_by is None)
-            await self._write(self._encoder.done(reason, tokens))
+        await self._write(self._terminal())
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _terminal(self) -> bytes:
+        """The stream's one `done` or `error` message."""
+        if self._failure is not None:
+            return self._encoder.error(self._failure)
+        reason = "canceled" if self._stopped_by is not None else self._finish_reason
+        tokens = self._session.token_count(complete=self._stopped_by is None)
+        return self._encoder.done(reason, tokens)
 
     def _outcome(self) -> Outcome:
         if self._stopped_by == "client":
@@ -201,7 +233,30 @@ class StreamResponse:
     async def _watch_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self._stop("client")
+        resumable = self._resumable
+        if resumable is None or resumable.grace_s <= 0 or self._failure is not None:
+            self._stop("client")
+            return
+        # The connection dropped; the user did not press stop. Keep generating into the log
+        # for the grace period, for as long as someone is reading it (see `_on_grace`).
+        self._detached = True
+        self._grace = self._loop.call_later(resumable.grace_s, self._on_grace)
+
+    def _on_grace(self) -> None:
+        assert self._tasks is not None
+        self._tasks.create_task(self._grace_over())
+
+    async def _grace_over(self) -> None:
+        """No resume reading the log at the end of a grace period: stop; else wait another."""
+        assert self._resumable is not None
+        try:
+            followed = await self._resumable.log.followed()
+        except Exception:  # the shared state is unreachable: nobody can be resuming
+            followed = False
+        if followed:
+            self._grace = self._loop.call_later(self._resumable.grace_s, self._on_grace)
+        else:
+            self._stop("client")
 
     def _spawn_write(self, data: bytes) -> None:
         assert self._tasks is not None

@@ -11,10 +11,15 @@ Per socket (the contract is in docs/api.md, "WebSocket"):
 - one **writer** drains the socket's bounded outgoing queue. A chat awaits a free slot, so a
   client that does not read stops its chats' upstreams through TCP instead of filling memory.
 
+Every chat also writes its events, as the SSE frames of `POST /api/chat/stream`, to a resume log,
+and each frame carries that event's `id`: a client whose socket dropped reads the rest with
+`GET /api/chat/stream/{requestId}` and `Last-Event-ID`.
+
 All of them live in one task group owned by the connection. When the client leaves (or a send
-fails), every chat task is cancelled at once — which closes its upstream under `aclosing` — and
-its row is settled as `canceled`/`client_disconnected`; the writer then only discards frames, so
-no producer waits on a socket that is gone.
+fails), the writer only discards frames, so no producer waits on a socket that is gone; the chats
+go on into their logs for the grace period (`resume_grace_s`, as a dropped SSE connection), and
+each one nobody is reading by then is cancelled — which closes its upstream under `aclosing` —
+and settled as `canceled`/`client_disconnected`. With no grace period that happens at once.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from estuary.core.requests import parse_app_chat
 from estuary.core.usage import TokenCount
 from estuary.gateway.session import Gateway, Outcome, StreamSession
 from estuary.http.encoders import (
+    AppSSEEncoder,
     app_done_body,
     app_error_body,
     app_event_body,
@@ -45,6 +51,8 @@ from estuary.http.encoders import (
 )
 from estuary.http.inputs import authenticate, refuse_url_credentials
 from estuary.http.stopper import Stopper
+from estuary.http.streaming import StreamSettings
+from estuary.state.base import EventLog
 
 __all__ = ["ChatSockets"]
 
@@ -63,12 +71,14 @@ class ChatSockets:
         authenticator: Authenticator,
         tickets: TicketIssuer,
         max_frame_bytes: int,
+        stream: StreamSettings | None = None,
         queue_frames: int = 256,
     ) -> None:
         self._gateway = gateway
         self._authenticator = authenticator
         self._tickets = tickets
         self._max_frame_bytes = max_frame_bytes
+        self._stream = stream or StreamSettings()
         self._queue_frames = queue_frames
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -91,6 +101,7 @@ class ChatSockets:
             self._gateway,
             max_frame_bytes=self._max_frame_bytes,
             queue_frames=self._queue_frames,
+            stream=self._stream,
         )
         await connection.run()
 
@@ -126,41 +137,57 @@ class _ChatState:
 
 
 class _Frames:
-    """One chat's events as JSON text frames (the app-API objects, tagged)."""
+    """One chat's events as JSON text frames (the app-API objects, tagged with `requestId` and
+    the `id` the same event has in the resume log, which the SSE encoder `log` writes)."""
 
-    def __init__(self, session: StreamSession, ref: str) -> None:
+    def __init__(self, session: StreamSession, ref: str, log: AppSSEEncoder) -> None:
         self._request_id = session.request_id
         self._alias = session.route.alias
         self._ref = ref
+        self._log = log
         self.started = False
+        self.ended = False
 
     def event(self, event: StreamEvent) -> str | None:
+        self._log.event(event)
         if type(event) is StreamStart:
             return self._start(event.provider)
         body = app_event_body(event)
         return None if body is None else self._tagged(body)
 
     def done(self, finish_reason: str, tokens: TokenCount) -> list[str]:
-        return self._ended(self._tagged(app_done_body(finish_reason, tokens)))
+        self.ended = True
+        self._log.done(finish_reason, tokens)
+        return self._ended(app_done_body(finish_reason, tokens))
 
     def error(self, error: EstuaryError) -> list[str]:
+        self.ended = True
         if not self.started:  # before `start`: a refusal, with the HTTP status it stands for
+            self._log.error(error)
             return [_dumps(_refusal(self._ref, error) | {"requestId": self._request_id})]
+        self._log.error(error)
         return [self._tagged(app_error_body(error))]
 
-    def _ended(self, frame: str) -> list[str]:
-        start = self._start(None)
-        return [frame] if start is None else [start, frame]
+    def _ended(self, body: dict[str, Any]) -> list[str]:
+        frame = self._tagged(body)  # the log wrote `start` (if it was missing) before this
+        if self.started:
+            return [frame]
+        self.started = True
+        start = app_start_body(self._request_id, self._alias, None) | {"ref": self._ref}
+        return [_dumps(start | {"id": f"{self._request_id}:{self._log.seq - 1}"}), frame]
 
     def _start(self, provider: str | None) -> str | None:
         if self.started:
             return None
         self.started = True
         body = app_start_body(self._request_id, self._alias, provider)
-        return _dumps({**body, "ref": self._ref})
+        return _dumps({**body, "ref": self._ref, "id": f"{self._request_id}:{self._log.seq}"})
 
     def _tagged(self, body: dict[str, Any]) -> str:
-        return _dumps({**body, "requestId": self._request_id})
+        return _dumps({**body, "requestId": self._request_id, "id": self._id()})
+
+    def _id(self) -> str:
+        return f"{self._request_id}:{self._log.seq}"
 
 
 class _Connection:
@@ -174,13 +201,18 @@ class _Connection:
         *,
         max_frame_bytes: int,
         queue_frames: int,
+        stream: StreamSettings,
     ) -> None:
         self._ws = websocket
         self._principal = principal
         self._gateway = gateway
         self._max_frame_bytes = max_frame_bytes
+        self._stream = stream
+        grace = principal.policy.resume_grace_s
+        self._grace_s = stream.resume_grace_s if grace is None else grace
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_frames)
-        self._chats: set[asyncio.Task[None]] = set()
+        self._chats: dict[asyncio.Task[None], EventLog | None] = {}
+        self._dropped: set[asyncio.Task[None]] = set()  # cancelled because the client left
         self._gone = False  # the client left, or the socket broke: nothing more is sent
 
     async def run(self) -> None:
@@ -191,6 +223,8 @@ class _Connection:
             finally:
                 self._leave()
                 writer.cancel()
+            if self._chats and self._grace_s > 0:
+                tasks.create_task(self._grace())
 
     async def _read(self, tasks: asyncio.TaskGroup) -> None:
         while True:
@@ -219,8 +253,8 @@ class _Connection:
             match frame.pop("type", None):
                 case "chat" if ref is not None:
                     chat = tasks.create_task(self._chat(ref, frame))
-                    self._chats.add(chat)
-                    chat.add_done_callback(self._chats.discard)
+                    self._chats[chat] = None
+                    chat.add_done_callback(self._forget)
                 case "chat":
                     raise InvalidRequest("a chat frame needs a string 'ref'")
                 case "cancel":
@@ -252,7 +286,11 @@ class _Connection:
             _log.exception("websocket chat %s could not be admitted", ref)
             await self._put(_dumps(_refusal(ref, EstuaryError("internal error"))))
             return
-        frames = _Frames(session, ref)
+        log = self._gateway.open_log(session, self._stream.resume_ttl_s)
+        chat = asyncio.current_task()
+        if chat in self._chats:
+            self._chats[chat] = log
+        frames = _Frames(session, ref, AppSSEEncoder(session.request_id, session.route.alias, log))
         state = _ChatState()
         try:
             stopper = Stopper()
@@ -269,8 +307,11 @@ class _Connection:
             for frame in self._terminal(session, frames, state):
                 await self._put(frame)
         finally:
-            if self._gone:
+            if chat in self._dropped:
                 state.stopped_by = "client"
+                if not frames.ended:  # the end, for a resume that comes after all
+                    frames.done("canceled", session.token_count(complete=False))
+            log.close()
             await asyncio.shield(session.settle(state.outcome()))
 
     async def _pump(self, session: StreamSession, frames: _Frames, state: _ChatState) -> None:
@@ -311,13 +352,39 @@ class _Connection:
             except (WebSocketDisconnect, OSError, RuntimeError):
                 self._leave()
 
+    def _forget(self, chat: asyncio.Task[None]) -> None:
+        self._chats.pop(chat, None)
+        self._dropped.discard(chat)
+
     def _leave(self) -> None:
-        """The client is gone: cancel every running chat at once (closing its upstream)."""
+        """The client is gone: with no grace period, cancel every running chat at once."""
         if self._gone:
             return
         self._gone = True
-        for chat in self._chats:
+        while not self._queue.empty():  # wake chats waiting for room: they go on into their logs
+            self._queue.get_nowait()
+        if self._grace_s <= 0:
+            self._drop(list(self._chats))
+
+    def _drop(self, chats: list[asyncio.Task[None]]) -> None:
+        """Cancel these chats (closing their upstreams) because their client left."""
+        for chat in chats:
+            self._dropped.add(chat)
             chat.cancel()
+
+    async def _grace(self) -> None:
+        """Each grace period, cancel the chats that no resume is reading; until none is left."""
+        while self._chats:
+            await asyncio.sleep(self._grace_s)
+            idle = []
+            for chat, log in list(self._chats.items()):
+                try:
+                    followed = log is not None and await log.followed()
+                except Exception:  # the shared state is unreachable: nobody can be resuming
+                    followed = False
+                if not followed:
+                    idle.append(chat)
+            self._drop(idle)
 
 
 def _dumps(body: dict[str, Any]) -> str:

@@ -6,11 +6,19 @@ Must not import the HTTP layer, routing, auth or the ledger.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["Bucket", "CancelResult", "Shortfall", "StateStore"]
+__all__ = [
+    "Bucket",
+    "CancelResult",
+    "EventLog",
+    "LogAbandoned",
+    "Shortfall",
+    "StateStore",
+    "StateUnavailable",
+]
 
 CancelResult = Literal["canceled", "not_found", "finished"]
 
@@ -36,8 +44,38 @@ class Shortfall:
     wait_s: float  # math.inf for a bucket that never refills
 
 
+class StateUnavailable(Exception):
+    """The shared state cannot be reached and the store is configured to fail closed."""
+
+
+class LogAbandoned(Exception):
+    """A resumed stream's log stopped growing without its last event: its producer is gone."""
+
+
+class EventLog(Protocol):
+    """One stream's app-API events, kept so that a client that lost them can read them again.
+
+    Written only by the instance running the stream, in order, seq 1, 2, 3, …: each `frame` is
+    the complete SSE message (`id: …\ndata: …\n\n`). `append` never blocks the token path
+    (a shared store batches its writes in the background).
+    """
+
+    def append(self, seq: int, frame: bytes) -> None:
+        """Add the event `seq` (one more than the last)."""
+        ...
+
+    def close(self) -> None:
+        """The last event (`done`/`error`) is appended: keep the log `ttl_s` more, then drop it."""
+        ...
+
+    async def followed(self) -> bool:
+        """Whether some client is reading this log now, on any instance (ends a grace period)."""
+        ...
+
+
 class StateStore(Protocol):
-    """Cancel signals for running streams, and single-use tickets."""
+    """What instances of one deployment share: cancel signals, tickets, limit buckets and
+    counters, resume logs, and broadcast messages (breaker changes, revoked keys)."""
 
     async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
         """Record a running stream; the returned future completes when someone cancels it.
@@ -73,6 +111,33 @@ class StateStore(Protocol):
 
     async def add(self, name: str, delta: float) -> float:
         """Add to a shared counter (created at 0) and return its new value."""
+        ...
+
+    def open_log(self, request_id: str, owner: str, ttl_s: float) -> EventLog:
+        """Start the resume log of a new stream; only `owner` may read it."""
+        ...
+
+    async def read_log(
+        self, request_id: str, owner: str, after: int
+    ) -> AsyncIterator[bytes] | None:
+        """The log's frames after seq `after`, then the live rest until its last event.
+
+        None if there is no such log (never, expired, or another owner's). While iterated, the
+        reader counts as a follower (`EventLog.followed`). Raises `LogAbandoned` from the
+        iteration if the stream's producer went away (its instance died) before the last event.
+        """
+        ...
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Send `message` to every subscriber of `channel`, on every instance (this one too)."""
+        ...
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(message)` on this instance for each message published on `channel`."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached (for `/readyz` and `estuary doctor`)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -6,12 +6,16 @@ Must not import the HTTP layer, routing, auth or the ledger.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from estuary.state.base import Bucket, CancelResult, Shortfall
+
+_log: Final = logging.getLogger("estuary.state")
 
 __all__ = ["MemoryState"]
 
@@ -23,6 +27,58 @@ class _Stream:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     finished_at: float | None = None
+
+
+class _MemoryLog:
+    """One stream's resume log in this process: its frames, and a wake-up for live readers."""
+
+    __slots__ = ("_clock", "_ttl_s", "_waiter", "closed", "expires", "followers", "frames", "owner")
+
+    def __init__(self, owner: str, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.owner = owner
+        self.frames: list[bytes] = []  # frames[n] is event seq n + 1
+        self.closed = False
+        self.expires = math.inf
+        self.followers = 0
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._waiter: asyncio.Future[None] | None = None
+
+    def append(self, seq: int, frame: bytes) -> None:
+        self.frames.append(frame)
+        if self._waiter is not None:  # only a live reader costs a wake-up
+            self._wake()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.expires = self._clock() + self._ttl_s
+            self._wake()
+
+    async def followed(self) -> bool:
+        return self.followers > 0
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """Frames after seq `after`, then each new one, until the log is closed."""
+        self.followers += 1
+        try:
+            at = max(0, after)
+            while True:
+                while at < len(self.frames):
+                    at += 1
+                    yield self.frames[at - 1]
+                if self.closed:
+                    return
+                if self._waiter is None:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                await asyncio.shield(self._waiter)
+        finally:
+            self.followers -= 1
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class MemoryState:
@@ -37,6 +93,8 @@ class MemoryState:
         self._tickets: dict[str, tuple[float, bytes]] = {}
         self._levels: dict[str, tuple[float, float, Bucket]] = {}  # name -> (level, at, bucket)
         self._counters: dict[str, float] = {}
+        self._logs: dict[str, _MemoryLog] = {}
+        self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._next_sweep = clock() + keep_s
 
     async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
@@ -93,6 +151,32 @@ class MemoryState:
             self._counters[name] = value
         return value
 
+    def open_log(self, request_id: str, owner: str, ttl_s: float) -> _MemoryLog:
+        self._sweep()
+        log = self._logs[request_id] = _MemoryLog(owner, ttl_s, self._clock)
+        return log
+
+    async def read_log(
+        self, request_id: str, owner: str, after: int
+    ) -> AsyncIterator[bytes] | None:
+        log = self._logs.get(request_id)
+        if log is None or log.owner != owner or log.expires < self._clock():
+            return None
+        return log.follow(after)
+
+    async def publish(self, channel: str, message: str) -> None:
+        for callback in list(self._subscribers.get(channel, ())):
+            try:
+                callback(message)
+            except Exception:
+                _log.exception("a subscriber of %r failed", channel)
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        self._subscribers.setdefault(channel, []).append(callback)
+
+    async def ping(self) -> None:
+        return None
+
     def _level(self, bucket: Bucket, now: float) -> float:
         """The bucket's level now: full if never seen, else refilled since it was last touched."""
         entry = self._levels.get(bucket.name)
@@ -106,9 +190,13 @@ class MemoryState:
         self._tickets.clear()
         self._levels.clear()
         self._counters.clear()
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+        self._subscribers.clear()
 
     def _sweep(self) -> None:
-        """Forget expired tickets and long-finished streams, at most once per `keep_s`."""
+        """Forget expired tickets, logs and long-finished streams, at most once per `keep_s`."""
         now = self._clock()
         if now < self._next_sweep:
             return
@@ -118,6 +206,8 @@ class MemoryState:
             r for r, s in self._streams.items() if s.finished_at and s.finished_at < horizon
         ]:
             del self._streams[rid]
+        for rid in [r for r, log in self._logs.items() if log.expires < now]:
+            del self._logs[rid]
         for ticket in [t for t, (expires, _) in self._tickets.items() if expires < now]:
             del self._tickets[ticket]
         for name in [n for n, (*_, b) in self._levels.items() if self._level(b, now) >= b.capacity]:

@@ -1,0 +1,152 @@
+"""Running the gateway: one process, or `--workers N` processes sharing one listening socket.
+
+With workers, the parent binds the socket once and starts N worker processes (the `spawn` start
+method: each imports Estuary afresh and receives a duplicate of the socket; the kernel spreads
+connections over their accept calls). Each worker builds its own runtime with its own instance
+name, `<instance>/w<K>`, stable across restarts, so the rows a crashed worker left open are
+marked `interrupted` when its replacement starts. Everything workers must agree on — limits,
+cancel, resume logs, revoked keys — lives in the shared state, which is why more than one worker
+needs `[state] url = "redis://…"` (the config refuses otherwise).
+
+The parent only supervises: a worker that dies is started again (at most once per second per
+worker), and SIGTERM or SIGINT is passed on to every worker, which then shuts down gracefully;
+the parent waits for them and exits.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import structlog
+import uvicorn
+
+from estuary.config import Config, load_config, secret_values
+from estuary.core.redaction import Redactor
+from estuary.logs import configure_logging
+from estuary.server import build_app, build_runtime, tune_gc
+
+__all__ = ["GRACEFUL_SHUTDOWN_S", "run_single", "run_workers"]
+
+GRACEFUL_SHUTDOWN_S: Final = 30  # how long open streams may run on after SIGTERM
+_RESTART_PAUSE_S: Final = 1.0
+_BACKLOG: Final = 2048
+_log: Final = structlog.get_logger("estuary.workers")
+
+
+def _uvicorn_config(app: Any, settings: Config) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=_BACKLOG,
+    )
+
+
+def run_single(settings: Config) -> None:
+    """Serve in this process until SIGTERM/SIGINT."""
+    runtime = build_runtime(settings)
+    configure_logging(settings.server.log_level, runtime.redactor)
+    app = build_app(runtime)
+    tune_gc()
+    uvicorn.Server(_uvicorn_config(app, settings)).run()
+
+
+def _worker_main(
+    path: Path | None, overrides: dict[str, Any], instance: str, sock: socket.socket
+) -> None:
+    """One worker: its own runtime on the shared socket (runs in a spawned process)."""
+    settings = load_config(path, overrides={**overrides, "server.instance": instance})
+    runtime = build_runtime(settings)
+    configure_logging(settings.server.log_level, runtime.redactor)
+    app = build_app(runtime)
+    tune_gc()
+    uvicorn.Server(_uvicorn_config(app, settings)).run(sockets=[sock])
+
+
+class _Supervisor:
+    """Starts, restarts and stops the worker processes."""
+
+    def __init__(
+        self, path: Path | None, overrides: dict[str, Any], settings: Config, count: int
+    ) -> None:
+        server = settings.server
+        self._path = path
+        self._overrides = overrides
+        self._base = server.instance or f"{socket.gethostname()}:{server.port}"
+        self._count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._socket = socket.create_server((server.host, server.port), backlog=_BACKLOG)
+        self._workers: dict[int, BaseProcess] = {}
+        self._started_at: dict[int, float] = {}
+        self._stopping = False
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for index in range(self._count):
+                self._start(index)
+            while not self._stopping:
+                time.sleep(0.2)
+                self._restart_dead()
+            return self._stop_all()
+        finally:
+            self._socket.close()
+
+    def _start(self, index: int) -> None:
+        instance = f"{self._base}/w{index}"
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self._path, self._overrides, instance, self._socket),
+            name=f"estuary-worker-{index}",
+        )
+        process.start()
+        self._workers[index] = process
+        self._started_at[index] = time.monotonic()
+        _log.info("worker.started", worker=index, pid=process.pid, instance=instance)
+
+    def _restart_dead(self) -> None:
+        for index, process in list(self._workers.items()):
+            if process.is_alive() or self._stopping:
+                continue
+            if time.monotonic() - self._started_at[index] < _RESTART_PAUSE_S:
+                continue  # one that dies at once is not restarted in a tight loop
+            _log.warning("worker.died", worker=index, pid=process.pid, exitcode=process.exitcode)
+            self._start(index)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _stop_all(self) -> int:
+        """Pass SIGTERM on, wait for the graceful shutdown, kill what is left."""
+        for process in self._workers.values():
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+        deadline = time.monotonic() + GRACEFUL_SHUTDOWN_S + 5
+        for process in self._workers.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        _log.info("workers.stopped", workers=len(self._workers))
+        return 0
+
+
+def run_workers(path: Path | None, overrides: dict[str, Any], settings: Config) -> None:
+    """Serve with `settings.server.workers` processes until SIGTERM/SIGINT."""
+    configure_logging(settings.server.log_level, Redactor(secret_values(settings)))
+    supervisor = _Supervisor(path, overrides, settings, settings.server.workers)
+    sys.exit(supervisor.run())
