@@ -27,6 +27,7 @@ from estuary.core.redaction import Redactor
 from estuary.gateway.metrics import GatewayMetrics
 from estuary.gateway.session import REVOKED_CHANNEL, Gateway
 from estuary.http.app import create_app
+from estuary.http.drain import Drain
 from estuary.http.routes import Services
 from estuary.http.streaming import StreamSettings
 from estuary.ledger import open_store
@@ -168,6 +169,7 @@ def build_runtime(
         ),
         max_body_bytes=server.max_body_bytes,
         cors_origins=tuple(server.cors_origins),
+        drain=Drain(deadline_s=server.shutdown_drain_s),
     )
     return Runtime(
         services=services,

@@ -11,10 +11,16 @@ needs `[state] url = "redis://…"` (the config refuses otherwise).
 The parent only supervises: a worker that dies is started again (at most once per second per
 worker), and SIGTERM or SIGINT is passed on to every worker, which then shuts down gracefully;
 the parent waits for them and exits.
+
+Graceful shutdown (each process): uvicorn stops accepting at once, and `Drain` gives running
+streams `[server] shutdown_drain_s` to finish before it ends them with a retryable in-band error;
+uvicorn's own hard limit is 10 s later, time for those last events and the ledger's flush.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import multiprocessing
 import signal
 import socket
@@ -31,11 +37,11 @@ import uvicorn
 from estuary.config import Config, load_config, secret_values
 from estuary.core.redaction import Redactor
 from estuary.logs import configure_logging
-from estuary.server import build_app, build_runtime, tune_gc
+from estuary.server import Runtime, build_app, build_runtime, tune_gc
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "run_single", "run_workers"]
+__all__ = ["run_single", "run_workers"]
 
-GRACEFUL_SHUTDOWN_S: Final = 30  # how long open streams may run on after SIGTERM
+_SHUTDOWN_MARGIN_S: Final = 10  # after the drain deadline: for terminal events and the ledger
 _RESTART_PAUSE_S: Final = 1.0
 _BACKLOG: Final = 2048
 _log: Final = structlog.get_logger("estuary.workers")
@@ -50,30 +56,47 @@ def _uvicorn_config(app: Any, settings: Config) -> uvicorn.Config:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_drain_s) + _SHUTDOWN_MARGIN_S,
         backlog=_BACKLOG,
     )
 
 
-def run_single(settings: Config) -> None:
-    """Serve in this process until SIGTERM/SIGINT."""
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also starts the drain of running streams on SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self._runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:  # a signal handler: hand over to the loop
+            self._loop.call_soon_threadsafe(self._runtime.services.drain.begin)
+        super().handle_exit(sig, frame)
+
+
+def _serve(settings: Config, sockets: list[socket.socket] | None = None) -> None:
     runtime = build_runtime(settings)
     configure_logging(settings.server.log_level, runtime.redactor)
     app = build_app(runtime)
     tune_gc()
-    uvicorn.Server(_uvicorn_config(app, settings)).run()
+    _Server(_uvicorn_config(app, settings), runtime).run(sockets=sockets)
+
+
+def run_single(settings: Config) -> None:
+    """Serve in this process until SIGTERM/SIGINT."""
+    _serve(settings)
 
 
 def _worker_main(
     path: Path | None, overrides: dict[str, Any], instance: str, sock: socket.socket
 ) -> None:
     """One worker: its own runtime on the shared socket (runs in a spawned process)."""
-    settings = load_config(path, overrides={**overrides, "server.instance": instance})
-    runtime = build_runtime(settings)
-    configure_logging(settings.server.log_level, runtime.redactor)
-    app = build_app(runtime)
-    tune_gc()
-    uvicorn.Server(_uvicorn_config(app, settings)).run(sockets=[sock])
+    _serve(load_config(path, overrides={**overrides, "server.instance": instance}), [sock])
 
 
 class _Supervisor:
@@ -92,6 +115,7 @@ class _Supervisor:
         self._workers: dict[int, BaseProcess] = {}
         self._started_at: dict[int, float] = {}
         self._stopping = False
+        self._shutdown_s = math.ceil(server.shutdown_drain_s) + _SHUTDOWN_MARGIN_S
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +159,7 @@ class _Supervisor:
         for process in self._workers.values():
             if process.is_alive() and process.pid is not None:
                 process.terminate()
-        deadline = time.monotonic() + GRACEFUL_SHUTDOWN_S + 5
+        deadline = time.monotonic() + self._shutdown_s + 5
         for process in self._workers.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -51,7 +51,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
     admin = AdminHandlers(
         services.gateway, services.authenticator, services.store, services.max_body_bytes
     )
-    ops = OpsHandlers(services.gateway)
+    ops = OpsHandlers(services.gateway, services.drain)
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
@@ -70,6 +70,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
                 tickets=services.tickets,
                 max_frame_bytes=services.max_body_bytes,
                 stream=services.stream,
+                drain=services.drain,
             ).serve,
         ),
         Route("/api/usage", admin.own_usage, methods=["GET"]),

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from estuary.gateway.health import OK
 from estuary.gateway.metrics import CONTENT_TYPE
 from estuary.gateway.session import Gateway
+from estuary.http.drain import Drain
 
 __all__ = ["OpsHandlers"]
 
@@ -19,8 +20,9 @@ __all__ = ["OpsHandlers"]
 class OpsHandlers:
     """Health, readiness and metrics of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, drain: Drain | None = None) -> None:
         self._gateway = gateway
+        self._drain = drain
 
     async def healthz(self, request: Request) -> Response:
         """Always 200 while the process answers at all."""
@@ -29,6 +31,8 @@ class OpsHandlers:
     async def readyz(self, request: Request) -> Response:
         """200 when every check passes, else 503 naming the checks that failed."""
         checks = await self._gateway.readiness()
+        if self._drain is not None and self._drain.draining:
+            checks["shutdown"] = "draining: this instance is shutting down"
         failed = sorted(name for name, verdict in checks.items() if verdict != OK)
         body = {"status": "unavailable" if failed else "ok", "checks": checks, "failed": failed}
         return JSONResponse(body, status_code=503 if failed else 200)

@@ -35,6 +35,7 @@ from estuary.http.anthropic_api import (
     parse_anthropic_messages,
 )
 from estuary.http.collect import CollectedResponse
+from estuary.http.drain import Drain
 from estuary.http.encoders import (
     AppSSEEncoder,
     Encoder,
@@ -61,6 +62,7 @@ class Services:
     tickets: TicketIssuer
     store: Store
     stream: StreamSettings = field(default_factory=StreamSettings)
+    drain: Drain = field(default_factory=lambda: Drain(deadline_s=20.0))
     max_body_bytes: int = 4 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
 
@@ -92,7 +94,8 @@ class Handlers:
         if not chat.stream:
             return AnthropicErrors(CollectedResponse(session, shape=anthropic_message))
         encoder = AnthropicEncoder(session.request_id, session.route.alias)
-        return AnthropicErrors(StreamResponse(session, encoder, self._s.stream))
+        response = StreamResponse(session, encoder, self._s.stream, drain=self._s.drain)
+        return AnthropicErrors(response)
 
     async def models(self, request: Request) -> Response:
         principal = await authenticate(request, self._s.authenticator)
@@ -157,7 +160,7 @@ class Handlers:
             encoder = OpenAICompletionEncoder(
                 session.request_id, alias, include_usage=request.include_usage
             )
-        return StreamResponse(session, encoder, self._s.stream, resumable)
+        return StreamResponse(session, encoder, self._s.stream, resumable, self._s.drain)
 
     async def app_stream_resume(self, request: Request) -> ASGIApp:
         """`GET /api/chat/stream/{id}`: the events after `Last-Event-ID`, then the live rest."""

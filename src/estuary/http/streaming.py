@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from estuary.core.errors import EstuaryError
 from estuary.core.events import StreamEnd, StreamStart
 from estuary.gateway.session import Outcome, StreamSession
+from estuary.http.drain import Drain, ShuttingDown
 from estuary.http.encoders import Encoder, error_body
 from estuary.http.stopper import Stopper
 from estuary.state.base import EventLog
@@ -50,6 +51,7 @@ __all__ = [
 SERVER_SEND: Final = "estuary.server_send"  # scope key: the ASGI server's own `send`
 
 _log: Final = logging.getLogger("estuary.stream")
+SHUTDOWN: Final = ShuttingDown("this gateway instance is shutting down; send the request again")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,11 +105,13 @@ class StreamResponse:
         encoder: Encoder,
         settings: StreamSettings,
         resumable: Resumable | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._session = session
         self._encoder = encoder
         self._settings = settings
         self._resumable = resumable
+        self._drain = drain
         self._detached = False  # the client left, the stream goes on into the log (grace)
         self._grace: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
@@ -120,7 +124,7 @@ class StreamResponse:
         self._committed = False
         self._held = b""  # the start event, waiting to go out with the first token
         self._last_write = 0.0
-        self._stopped_by: Literal["client", "cancel"] | None = None
+        self._stopped_by: Literal["client", "cancel", "shutdown"] | None = None
         self._failure: EstuaryError | None = None
         self._finish_reason = "stop"
 
@@ -130,15 +134,20 @@ class StreamResponse:
         self._body_send = scope.get(SERVER_SEND, send)
         self._last_write = self._loop.time()
         canceled = self._session.canceled
+        drained = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks, self._stopper = tasks, Stopper()
                 watcher = tasks.create_task(self._watch_disconnect(receive))
                 canceled.add_done_callback(self._on_cancel)
                 self._timer = self._loop.call_later(self._settings.header_hold_s, self._on_hold)
+                if self._drain is not None:
+                    drained = self._drain.register(self._on_shutdown)
                 try:
                     await self._stopper.run(self._pump())
                 finally:
+                    if drained is not None and self._drain is not None:
+                        self._drain.unregister(drained)
                     self._timer.cancel()
                     if self._grace is not None:
                         self._grace.cancel()
@@ -209,6 +218,8 @@ class StreamResponse:
         """The stream's one `done` or `error` message."""
         if self._failure is not None:
             return self._encoder.error(self._failure)
+        if self._stopped_by == "shutdown":
+            return self._encoder.error(SHUTDOWN)
         reason = "canceled" if self._stopped_by is not None else self._finish_reason
         tokens = self._session.token_count(complete=self._stopped_by is None)
         return self._encoder.done(reason, tokens)
@@ -218,17 +229,22 @@ class StreamResponse:
             return Outcome(status="canceled", finish_reason="client_disconnected")
         if self._stopped_by == "cancel":
             return Outcome(status="canceled", finish_reason="canceled")
+        if self._stopped_by == "shutdown":
+            return Outcome(status="canceled", finish_reason="shutdown")
         if self._failure is not None:
             return Outcome(status="error", finish_reason="error", error=self._failure)
         return Outcome(status="completed", finish_reason=self._finish_reason)
 
-    def _stop(self, by: Literal["client", "cancel"]) -> None:
+    def _stop(self, by: Literal["client", "cancel", "shutdown"]) -> None:
         assert self._stopper is not None
         if self._failure is None and self._stopper.stop():
             self._stopped_by = by
 
     def _on_cancel(self, _: object) -> None:
         self._stop("cancel")
+
+    def _on_shutdown(self) -> None:
+        self._stop("shutdown")
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -42,6 +42,7 @@ from estuary.core.policy import Principal
 from estuary.core.requests import parse_app_chat
 from estuary.core.usage import TokenCount
 from estuary.gateway.session import Gateway, Outcome, StreamSession
+from estuary.http.drain import Drain
 from estuary.http.encoders import (
     AppSSEEncoder,
     app_done_body,
@@ -51,7 +52,7 @@ from estuary.http.encoders import (
 )
 from estuary.http.inputs import authenticate, refuse_url_credentials
 from estuary.http.stopper import Stopper
-from estuary.http.streaming import StreamSettings
+from estuary.http.streaming import SHUTDOWN, StreamSettings
 from estuary.state.base import EventLog
 
 __all__ = ["ChatSockets"]
@@ -72,6 +73,7 @@ class ChatSockets:
         tickets: TicketIssuer,
         max_frame_bytes: int,
         stream: StreamSettings | None = None,
+        drain: Drain | None = None,
         queue_frames: int = 256,
     ) -> None:
         self._gateway = gateway
@@ -79,6 +81,7 @@ class ChatSockets:
         self._tickets = tickets
         self._max_frame_bytes = max_frame_bytes
         self._stream = stream or StreamSettings()
+        self._drain = drain or Drain(deadline_s=20.0)
         self._queue_frames = queue_frames
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -102,6 +105,7 @@ class ChatSockets:
             max_frame_bytes=self._max_frame_bytes,
             queue_frames=self._queue_frames,
             stream=self._stream,
+            drain=self._drain,
         )
         await connection.run()
 
@@ -121,7 +125,7 @@ class ChatSockets:
 class _ChatState:
     """How one chat is going, for its terminal frame and its ledger outcome."""
 
-    stopped_by: Literal["client", "cancel"] | None = None
+    stopped_by: Literal["client", "cancel", "shutdown"] | None = None
     failure: EstuaryError | None = None
     finish_reason: str = "stop"
 
@@ -131,6 +135,8 @@ class _ChatState:
             return Outcome(status="canceled", finish_reason="client_disconnected")
         if self.stopped_by == "cancel":
             return Outcome(status="canceled", finish_reason="canceled")
+        if self.stopped_by == "shutdown":
+            return Outcome(status="canceled", finish_reason="shutdown")
         if self.failure is not None:
             return Outcome(status="error", finish_reason="error", error=self.failure)
         return Outcome(status="completed", finish_reason=self.finish_reason)
@@ -202,8 +208,10 @@ class _Connection:
         max_frame_bytes: int,
         queue_frames: int,
         stream: StreamSettings,
+        drain: Drain,
     ) -> None:
         self._ws = websocket
+        self._drain = drain
         self._principal = principal
         self._gateway = gateway
         self._max_frame_bytes = max_frame_bytes
@@ -299,10 +307,16 @@ class _Connection:
                 if state.failure is None and stopper.stop():
                     state.stopped_by = "cancel"
 
+            def on_shutdown() -> None:
+                if state.failure is None and stopper.stop():
+                    state.stopped_by = "shutdown"
+
             session.canceled.add_done_callback(on_cancel)
+            drained = self._drain.register(on_shutdown)
             try:
                 await stopper.run(self._pump(session, frames, state))
             finally:
+                self._drain.unregister(drained)
                 session.canceled.remove_done_callback(on_cancel)
             for frame in self._terminal(session, frames, state):
                 await self._put(frame)
@@ -332,6 +346,8 @@ class _Connection:
     def _terminal(session: StreamSession, frames: _Frames, state: _ChatState) -> list[str]:
         if state.failure is not None:
             return frames.error(state.failure)
+        if state.stopped_by == "shutdown":
+            return frames.error(SHUTDOWN)
         reason = "canceled" if state.stopped_by == "cancel" else state.finish_reason
         tokens = session.token_count(complete=state.stopped_by is None)
         return frames.done(reason, tokens)
