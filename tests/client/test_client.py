@@ -168,3 +168,72 @@ async def test_resume_gives_up_after_its_attempts(flaky: tuple[str, list[str | N
         with pytest.raises(StreamInterrupted):
             await client.chat.text(message="hi")
     assert resumes == []
+
+
+class _CuttingProxy:
+    """A TCP proxy in front of the gateway that cuts its first connection after `cut_after`
+    bytes from the server: a network failure in the middle of a stream, not a stop."""
+
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        self._target_port = target_port
+        self._cut_after = cut_after
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _CuttingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        limit = self._cut_after if self.connections == 1 else None
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target_port)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, cut: int | None) -> None:
+            sent = 0
+            while data := await r.read(4096):
+                if cut is not None and sent + len(data) >= cut:
+                    w.write(data[: cut - sent])
+                    break
+                w.write(data)
+                sent += len(data)
+                await w.drain()
+            w.close()
+
+        try:
+            await asyncio.gather(pipe(client_r, server_w, None), pipe(server_r, client_w, limit))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            client_w.close()
+            server_w.close()
+
+
+async def test_a_connection_cut_mid_stream_is_resumed_from_the_real_gateway(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """The network drops the stream after ~1 KiB; the client resumes by itself on a new
+    connection and gets the whole answer exactly once; the upstream was never cut."""
+    scenario = Scenario(tokens=60, gap_s=0.01)
+    upstream.enqueue(scenario)
+    port = int(gateway.url.rsplit(":", 1)[1])
+    async with (
+        _CuttingProxy(port, cut_after=1024) as proxy,
+        AsyncEstuary(f"http://127.0.0.1:{proxy.port}", api_key=APP_KEY) as client,
+        client.chat.stream(message="hello", model="chat") as stream,
+    ):
+        events = [event async for event in stream]
+    assert proxy.connections >= 2  # the first was cut, a resume came on another
+    assert "".join(e.content for e in events if isinstance(e, Content)) == (
+        scenario.expected_text()
+    )
+    assert isinstance(events[-1], Done)
+    (seen,) = upstream.requests
+    assert not seen.client_gone.is_set()
+    assert (await gateway.row(stream.request_id or "")).status == "completed"
