@@ -31,6 +31,7 @@ fmt: install
 
 test: lint
 	scripts/ensure-chromium.sh
+	scripts/ensure-nginx.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-js
 

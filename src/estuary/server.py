@@ -44,6 +44,7 @@ from estuary.routing.breaker import Breakers, BreakerSettings
 from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
+from estuary.state.redis import RedisState
 
 __all__ = ["Runtime", "build_app", "build_runtime", "tune_gc"]
 
@@ -63,7 +64,9 @@ class Runtime:
     instance: str
 
     async def start(self) -> None:
-        """Open the ledger (migrating it) and close what this instance left open before."""
+        """Connect the state store, open the ledger (migrating it) and close what this
+        instance left open before."""
+        await self.state.start()
         interrupted = await self.ledger.start(self.instance)
         if interrupted:
             _log.warning(
@@ -87,15 +90,9 @@ def build_runtime(
 ) -> Runtime:
     """Build every service from `config`; stores may be injected (tests use the memory ones).
 
-    Raises `NotImplementedError` for a `[state] url` this version cannot honour, rather than
-    silently running with per-process state, and `ConfigError` for a ledger URL or key file it
-    cannot use.
+    Raises `ConfigError` for a ledger or state URL or a key file it cannot use, and
+    `NotImplementedError` for a provider format this version lacks.
     """
-    if state is None and config.state.url != "memory://":
-        raise NotImplementedError(
-            f"[state] url = '{config.state.url}': only memory:// is available in this version"
-            " (Redis comes with the scale-out work)"
-        )
     redactor = Redactor(secret_values(config))
     pool = UpstreamPool()
     providers = {
@@ -103,7 +100,7 @@ def build_runtime(
         for name, provider in config.providers.items()
     }
     routes = _routes(config, providers)
-    state = state if state is not None else MemoryState()
+    state = state if state is not None else _state(config)
     if ledger is None:
         try:
             ledger = open_store(config.ledger.url)
@@ -180,6 +177,19 @@ def build_runtime(
         redactor=redactor,
         instance=instance,
     )
+
+
+def _state(config: Config) -> StateStore:
+    """The state store `[state] url` names: in this process, or shared in Redis."""
+    url = config.state.url
+    if url == "memory://":
+        return MemoryState()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            return RedisState(url, prefix=config.state.prefix, on_failure=config.state.on_failure)
+        except ValueError as exc:
+            raise ConfigError(f"state.url: {exc}") from None
+    raise ConfigError("state.url: use memory:// or redis://host:6379/0 (rediss:// for TLS)")
 
 
 def _routes(config: Config, providers: Mapping[str, Provider]) -> dict[str, Route]:

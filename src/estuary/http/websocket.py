@@ -25,6 +25,7 @@ and settled as `canceled`/`client_disconnected`. With no grace period that happe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -221,6 +222,7 @@ class _Connection:
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_frames)
         self._chats: dict[asyncio.Task[None], EventLog | None] = {}
         self._dropped: set[asyncio.Task[None]] = set()  # cancelled because the client left
+        self._idle = asyncio.Event()  # set when the last chat ended
         self._gone = False  # the client left, or the socket broke: nothing more is sent
 
     async def run(self) -> None:
@@ -371,6 +373,8 @@ class _Connection:
     def _forget(self, chat: asyncio.Task[None]) -> None:
         self._chats.pop(chat, None)
         self._dropped.discard(chat)
+        if not self._chats:
+            self._idle.set()
 
     def _leave(self) -> None:
         """The client is gone: with no grace period, cancel every running chat at once."""
@@ -390,8 +394,13 @@ class _Connection:
 
     async def _grace(self) -> None:
         """Each grace period, cancel the chats that no resume is reading; until none is left."""
-        while self._chats:
-            await asyncio.sleep(self._grace_s)
+        while True:
+            self._idle.clear()
+            if not self._chats:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._grace_s):
+                    await self._idle.wait()  # the last chat ended: no need to wait longer
             idle = []
             for chat, log in list(self._chats.items()):
                 try:

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from estuary.core.errors import ServiceUnavailable
+
 __all__ = [
     "Bucket",
     "CancelResult",
@@ -44,8 +46,8 @@ class Shortfall:
     wait_s: float  # math.inf for a bucket that never refills
 
 
-class StateUnavailable(Exception):
-    """The shared state cannot be reached and the store is configured to fail closed."""
+class StateUnavailable(ServiceUnavailable):
+    """The shared state cannot be reached and the store is configured to fail closed (503)."""
 
 
 class LogAbandoned(Exception):
@@ -76,6 +78,10 @@ class EventLog(Protocol):
 class StateStore(Protocol):
     """What instances of one deployment share: cancel signals, tickets, limit buckets and
     counters, resume logs, and broadcast messages (breaker changes, revoked keys)."""
+
+    async def start(self) -> None:
+        """Connect (and start background work) before the first request."""
+        ...
 
     async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
         """Record a running stream; the returned future completes when someone cancels it.

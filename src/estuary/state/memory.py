@@ -97,6 +97,9 @@ class MemoryState:
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._next_sweep = clock() + keep_s
 
+    async def start(self) -> None:
+        return None
+
     async def register_stream(self, request_id: str, owner: str) -> asyncio.Future[None]:
         self._sweep()
         stream = self._streams[request_id] = _Stream(owner)
