@@ -237,3 +237,72 @@ async def wait_until_up(url: str, child: asyncio.subprocess.Process | None = Non
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
     raise AssertionError("estuary serve did not come up")
+
+
+class TcpProxy:
+    """A loopback TCP proxy to `target_port` that a test can cut (an outage: every connection
+    closed, new ones refused) and restore, to take a database or Redis away and back.
+
+    It runs its own event loop in a thread, so it keeps forwarding while the test's loop is
+    blocked (a gateway started by `serve_in_thread` waits synchronously for its start-up).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = free_port()
+
+    def __enter__(self) -> TcpProxy:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def restore(self) -> None:
+        """Accept and forward connections again (on the same port)."""
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+
+    def cut(self) -> None:
+        """Close the listening socket and every open connection."""
+        asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(5)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._writers |= {client_w, server_w}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        self._writers -= {client_w, server_w}

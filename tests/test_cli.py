@@ -24,8 +24,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     [
         ("[server]\nprot = 1\n", "server.prot: unknown key"),
         (
-            '[providers.d]\nformat = "demo"\n[models.m]\ntargets = ["d/x"]\n[state]\nurl = "redis://127.0.0.1:6379/0"\n',
-            "only memory:// is available",
+            '[providers.d]\nformat = "demo"\n[models.m]\ntargets = ["d/x"]\n[state]\nurl = "mongodb://x"\n',
+            "state.url: use memory:// or redis://",
+        ),
+        (
+            '[server]\nworkers = 2\n[providers.d]\nformat = "demo"\n'
+            '[models.m]\ntargets = ["d/x"]\n',
+            "several workers need shared state",
         ),
     ],
 )

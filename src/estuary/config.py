@@ -214,6 +214,8 @@ class LedgerConfig(_Table):
     """`[ledger]`: where usage rows go (SQLAlchemy-style URL)."""
 
     url: str = Field(default="sqlite:///estuary.db", pattern=_STORE_URL.pattern)
+    on_failure: Literal["refuse", "queue"] = "refuse"
+    queue_max: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class StateConfig(_Table):

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import structlog
@@ -103,7 +104,8 @@ def build_runtime(
     state = state if state is not None else _state(config)
     if ledger is None:
         try:
-            ledger = open_store(config.ledger.url)
+            queue = config.ledger.queue_max if config.ledger.on_failure == "queue" else 0
+            ledger = open_store(config.ledger.url, backlog_max=queue)
         except ValueError as exc:
             raise ConfigError(f"ledger.url: {exc}") from None
     server = config.server
@@ -168,6 +170,7 @@ def build_runtime(
         cors_origins=tuple(server.cors_origins),
         drain=Drain(deadline_s=server.shutdown_drain_s),
     )
+    _watch_stores(gateway.metrics, ledger, state)
     return Runtime(
         services=services,
         pool=pool,
@@ -177,6 +180,29 @@ def build_runtime(
         redactor=redactor,
         instance=instance,
     )
+
+
+def _watch_stores(metrics: GatewayMetrics, ledger: Store, state: StateStore) -> None:
+    """Export the stores' outage counters, where the store has them (SQL ledger, Redis)."""
+    watched = (
+        (
+            ledger,
+            "backlogged",
+            "estuary_ledger_queued_rows",
+            "Ledger rows waiting for the database.",
+        ),
+        (ledger, "refused", "estuary_ledger_refused_rows", "Rows refused: database down."),
+        (state, "degraded_ops", "estuary_state_degraded_ops", "State operations served locally."),
+        (state, "degraded", "estuary_state_degraded", "1 while Redis cannot be reached."),
+        (state, "dropped_log_entries", "estuary_resume_dropped_events", "Resume events lost."),
+    )
+    for store, attribute, name, documentation in watched:
+        if hasattr(store, attribute):
+            metrics.watch(name, documentation, partial(_read, store, attribute))
+
+
+def _read(store: object, attribute: str) -> float:
+    return float(getattr(store, attribute))
 
 
 def _state(config: Config) -> StateStore:

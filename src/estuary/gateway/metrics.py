@@ -21,7 +21,7 @@ Must not import the HTTP layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -141,6 +141,10 @@ class GatewayMetrics:
             row["ttft_p95_ms"] = _quantile(counts, 0.95)
         open_streams = next(iter(self._open.collect())).samples[0].value
         return {"open_streams": int(open_streams), "aliases": aliases}
+
+    def watch(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge whose value is `read()` at each scrape (a store's backlog, say)."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
 
     def render(self) -> bytes:
         """The text exposition format of every metric (content type: `CONTENT_TYPE`)."""

@@ -201,9 +201,23 @@ class Gateway:
         if result == "finished":
             raise StreamFinished(f"stream '{request_id}' has already finished")
 
-    async def _finish(self, row: SettledRow) -> None:
-        await self._state.finish_stream(row.request_id)
-        await self._ledger.settle(row)
+    async def _finish(self, row: SettledRow, *, opened: bool) -> None:
+        """Mark the stream finished and close its row (if it was ever opened).
+
+        Neither may fail the response that is ending: a state store or database that is down
+        now is logged (and counted by the stores); a row left open becomes `interrupted` at
+        the instance's next start.
+        """
+        try:
+            await self._state.finish_stream(row.request_id)
+        except Exception as exc:
+            _log.warning("state.finish_failed", request_id=row.request_id, error=type(exc).__name__)
+        if not opened:
+            return
+        try:
+            await self._ledger.settle(row)
+        except Exception as exc:
+            _log.error("ledger.settle_failed", request_id=row.request_id, error=type(exc).__name__)
 
 
 def _owner(principal: Principal) -> str:
@@ -234,7 +248,7 @@ class StreamSession:
         canceled: asyncio.Future[None],
         started: float,
         clock: Callable[[], float],
-        finish: Callable[[SettledRow], Awaitable[None]],
+        finish: Callable[..., Awaitable[None]],
         reservation: Reservation,
         prices: Prices,
         principal: Principal,
@@ -382,12 +396,14 @@ class StreamSession:
             failures=tuple(f"{f.target}: {f.error.code}" for f in self.failures),
         )
         self._count(row, outcome.error)
+        opened = False
         try:
             await self._reservation.settle(prompt, completion, cost)
             with contextlib.suppress(Exception):  # a row that could not be opened: nothing to close
                 await self._opened
+                opened = True
         finally:
-            await self._finish(row)
+            await self._finish(row, opened=opened)
         _log.info(
             "stream.end",
             logger="estuary.gateway",

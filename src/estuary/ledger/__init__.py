@@ -37,18 +37,19 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, backlog_max: int = 0) -> Store:
     """The store for `url`, not yet started: call `await store.start(instance)` before use.
 
     `memory://` keeps everything in this process. SQLAlchemy-style URLs — `sqlite:///rel.db`,
     `sqlite:////abs/path.db`, `postgresql://user@host:5432/db`, `mysql://…`, `mariadb://…` — give
     a `SQLStore` over the async driver of that database (aiosqlite, asyncpg, asyncmy) unless the
     URL names one (`postgresql+asyncpg://…`). Anything else is a `ValueError` that does not repeat
-    the URL, which may hold a password.
+    the URL, which may hold a password. `backlog_max` > 0 lets a SQL store accept up to that many
+    rows in memory while its database is down (`[ledger] on_failure = "queue"`).
     """
     if backend_of(url) == "memory":
         return MemoryLedger()
     # Imported here so that a memory-only process never loads SQLAlchemy and Alembic (~0.4 s).
     from estuary.ledger.sql import SQLStore
 
-    return SQLStore(url)
+    return SQLStore(url, backlog_max=backlog_max)

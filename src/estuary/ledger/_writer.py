@@ -11,6 +11,13 @@ id), its jobs are retried one by one so only the faulty one fails; on any other 
 is down) every job of the batch gets the exception. Either way the writer goes on with the next
 batch. `aclose()` lets it drain what was queued, then ends it.
 
+With a backlog (`backlog_max > 0`, `[ledger] on_failure = "queue"`), a batch the database cannot
+take (it is down: not a data error) is kept in memory instead — its callers are told it is
+written, so streams go on — and written ahead of the next batch, or retried every `retry_s` while
+nothing else comes. Once the backlog is full, new rows fail as without one (the caller refuses
+the request). Rows still in the backlog when the store closes are logged as lost, with their
+number; a process killed during an outage loses them too — the price of staying up.
+
 Must not import the HTTP layer or routing.
 """
 
@@ -22,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import structlog
 from sqlalchemy import Connection, Update, bindparam, insert, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,6 +56,8 @@ _SETTLED_COLUMNS: Final = (
     "failures",
 )
 _INSERT: Final = insert(REQUESTS)
+_log: Final = structlog.get_logger("estuary.ledger")
+_RETRY: Final = "retry"  # from `_next`: no new job, time to try the backlog again
 
 
 def _settle_statement() -> Update:
@@ -73,13 +83,29 @@ class _Job:
 class GroupWriter:
     """The single writer of one store's `requests` rows."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 2000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 2000,
+        backlog_max: int = 0,
+        retry_s: float = 1.0,
+    ) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._backlog_max = backlog_max
+        self._retry_s = retry_s
+        self._backlog: list[_Job] = []  # accepted, not yet written (the database is down)
+        self.refused = 0  # rows failed because the database was down and the backlog full
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._connection: AsyncConnection | None = None  # the writer's own, kept between batches
+
+    @property
+    def backlogged(self) -> int:
+        """Rows accepted while the database was down and not written yet."""
+        return len(self._backlog)
 
     @property
     def started(self) -> bool:
@@ -125,14 +151,28 @@ class GroupWriter:
 
     async def _run(self) -> None:
         try:
-            while (first := await self._queue.get()) is not None:
-                batch, more = self._take_pending(first)
+            while (first := await self._next()) is not None:
+                batch, more = ([], True) if first == _RETRY else self._take_pending(first)
                 await self._commit(batch)
                 if not more:
                     break
+            if self._backlog:
+                await self._commit([])  # a last try
         finally:
+            if self._backlog:
+                _log.error("ledger.rows_lost", rows=len(self._backlog), logger="estuary.ledger")
             self._fail_pending()
             await self._drop_connection()
+
+    async def _next(self) -> _Job | Literal["retry"] | None:
+        """The next queued job; `_RETRY` when a backlog has waited `retry_s` for company."""
+        if not self._backlog:
+            return await self._queue.get()
+        try:
+            async with asyncio.timeout(self._retry_s):
+                return await self._queue.get()
+        except TimeoutError:
+            return _RETRY
 
     def _take_pending(self, first: _Job) -> tuple[list[_Job], bool]:
         """`first` and whatever else is queued now, up to a batch; False once the stop is seen."""
@@ -145,24 +185,43 @@ class GroupWriter:
         return batch, True
 
     async def _commit(self, batch: list[_Job]) -> None:
+        jobs = self._backlog + batch  # what waited goes first, in order
         try:
-            await self._write(batch)
+            await self._write(jobs)
         except (IntegrityError, DataError) as exc:
-            if len(batch) == 1:
-                _finish(batch[0], _data_error(batch[0], exc))
+            self._backlog = []
+            if len(jobs) == 1:
+                _finish(jobs[0], _data_error(jobs[0], exc))
                 return
-            for job in batch:  # find the faulty job; the others still get written
+            for job in jobs:  # find the faulty job; the others still get written
                 await self._commit([job])
         except Exception as exc:  # every waiter must hear of it; the writer goes on
-            for job in batch:
-                _finish(job, exc)
+            self._keep(jobs, batch, exc)
         except BaseException:  # the writer itself is being cancelled: nobody may wait forever
             for job in batch:
                 _finish(job, RuntimeError("the ledger writer stopped before this row was written"))
             raise
         else:
+            self._backlog = []
+            if len(jobs) > len(batch):
+                _log.info("ledger.backlog_written", rows=len(jobs) - len(batch))
             for job in batch:
                 _finish(job, None)
+
+    def _keep(self, jobs: list[_Job], batch: list[_Job], exc: Exception) -> None:
+        """The database is down: keep the jobs for later if the backlog has room, else fail
+        the new ones (the backlog stays as it was)."""
+        if len(jobs) <= self._backlog_max:
+            if len(jobs) == len(batch):
+                _log.warning("ledger.queueing", error=type(exc).__name__, logger="estuary.ledger")
+            self._backlog = jobs
+            for job in batch:
+                _finish(job, None)
+            return
+        self._backlog = jobs[: len(jobs) - len(batch)]
+        self.refused += len(batch)
+        for job in batch:
+            _finish(job, exc)
 
     async def _write(self, batch: list[_Job]) -> None:
         opens = [job.params for job in batch if job.kind == "open"]

@@ -154,11 +154,21 @@ async def _enable_wal(engine: AsyncEngine) -> None:
 class SQLStore:
     """`Store` over a SQL database; call `start()` before use and `aclose()` at the end."""
 
-    def __init__(self, url: str, *, max_batch: int = 2000) -> None:
+    def __init__(self, url: str, *, max_batch: int = 2000, backlog_max: int = 0) -> None:
         """Prepare (without connecting) a store for a SQLAlchemy-style `url`."""
         self._engine = _create_engine(async_url(url))
-        self._writer = GroupWriter(self._engine, max_batch=max_batch)
+        self._writer = GroupWriter(self._engine, max_batch=max_batch, backlog_max=backlog_max)
         self._closed = False
+
+    @property
+    def backlogged(self) -> int:
+        """Rows accepted while the database was down, not written yet (`on_failure = "queue"`)."""
+        return self._writer.backlogged
+
+    @property
+    def refused(self) -> int:
+        """Rows refused because the database was down and the backlog full (or not allowed)."""
+        return self._writer.refused
 
     @property
     def engine(self) -> AsyncEngine:

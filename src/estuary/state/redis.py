@@ -305,9 +305,9 @@ class RedisState:
         await self._shared(shared, local)
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        # Only registers the callback: the bus (one pattern subscription) hears every channel
+        # once `start()` or the first operation has started it, in the loop that serves.
         self._bus.subscribe(channel, callback)
-        with contextlib.suppress(RuntimeError):  # no running loop yet: the first operation starts
-            self._ensure_started()
 
     async def ping(self) -> None:
         """Raise `StateUnavailable` if Redis does not answer (whatever `on_failure` says)."""

@@ -1,0 +1,213 @@
+"""Two Estuary instances sharing the real Redis and PostgreSQL, behind the shipped nginx config.
+
+What scale-out must keep: a cancel reaches the stream on another instance, a dropped stream is
+resumed from any instance (and, if its instance died, with every event it had written and no
+duplicate), a key's rate limit is one limit across instances, and the ledger holds every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from estuary.ledger import open_store
+from estuary.ledger.base import Store, UsageFilter
+from estuary.sse import SSEDecoder
+from estuary.testing import FakeUpstream, Scenario
+from tests.ledger.helpers import fresh_database
+from tests.multi.conftest import Cluster, MakeCluster, cluster_toml
+from tests.state.helpers import REDIS_URL, delete_prefix, require_redis
+from tests.support import ADMIN, AUTH, read_app_stream
+
+pytestmark = [pytest.mark.nginx, pytest.mark.redis, pytest.mark.postgres]
+
+CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "Say hello"}], "model": "chat"}
+
+
+@pytest.fixture
+async def shared(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    """A fresh PostgreSQL database and a Redis key prefix of this test's own."""
+    await require_redis()
+    prefix = f"estuary-test-{secrets.token_hex(4)}:"
+    async with fresh_database("postgresql", tmp_path) as database:
+        try:
+            yield database.url, prefix
+        finally:
+            await delete_prefix(REDIS_URL, prefix)
+
+
+async def _cluster(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str], server: str = ""
+) -> Cluster:
+    ledger_url, prefix = shared
+    state = f'[state]\nurl = "{REDIS_URL}"\nprefix = "{prefix}"\n'
+    toml = cluster_toml(upstream.base_url, ledger_url=ledger_url, server=server, extra=state)
+    return await make_cluster(toml=toml)
+
+
+async def _events(response: aiohttp.ClientResponse, count: int) -> list[tuple[str, Any]]:
+    decoder = SSEDecoder()
+    got: list[tuple[str, Any]] = []
+    async for chunk in response.content.iter_any():
+        got += [(m.id or "", orjson.loads(m.data)) for m in decoder.feed(chunk)]
+        if len(got) >= count:
+            return got
+    raise AssertionError(f"the stream ended after {len(got)} events")
+
+
+async def _requests_seen(http: aiohttp.ClientSession, url: str) -> float:
+    """Streams settled plus requests refused by a limit, from one instance's /metrics."""
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("estuary_requests_total{", "estuary_refusals_total{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _ledger(url: str) -> Store:
+    store = open_store(url)
+    await store.start("test-reader")
+    return store
+
+
+async def test_a_cancel_sent_to_another_instance_stops_the_stream(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
+) -> None:
+    cluster = await _cluster(make_cluster, upstream, shared)
+    a, b = cluster.instances
+    upstream.enqueue(Scenario(tokens=400, gap_s=0.02))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{a.url}/api/chat/stream", json=CHAT, headers=AUTH) as response,
+    ):
+        request_id = response.headers["X-Request-Id"]
+        await _events(response, 3)
+        async with http.post(f"{b.url}/api/chat/{request_id}/cancel", headers=AUTH) as cancel:
+            assert cancel.status == 200, cluster.logs()
+        rest = await read_app_stream(response)
+    assert rest.events[-1]["type"] == "done"
+    assert rest.events[-1]["finishReason"] == "canceled"
+    (seen,) = upstream.requests
+    await asyncio.wait_for(seen.client_gone.wait(), 5)
+    assert seen.chunks_sent < 400
+
+
+async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
+) -> None:
+    """Started on A, connection dropped, resumed on B while A still generates: every event once."""
+    cluster = await _cluster(make_cluster, upstream, shared)
+    a, b = cluster.instances
+    scenario = Scenario(tokens=80, gap_s=0.02)
+    upstream.enqueue(scenario)
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{a.url}/api/chat/stream", json=CHAT, headers=AUTH)
+        request_id = response.headers["X-Request-Id"]
+        first = await _events(response, 5)
+        response.close()
+        headers = {**AUTH, "Last-Event-ID": first[-1][0]}
+        async with http.get(f"{b.url}/api/chat/stream/{request_id}", headers=headers) as again:
+            assert again.status == 200, cluster.logs()
+            rest = await read_app_stream(again)
+    ids = [i for i, _ in first] + rest.ids
+    assert ids == [f"{request_id}:{n}" for n in range(1, len(ids) + 1)]
+    assert rest.events[-1]["type"] == "done"
+    text = "".join(e["content"] for _, e in first if e["type"] == "content")
+    text += "".join(e["content"] for e in rest.events if e["type"] == "content")
+    assert text == scenario.expected_text()
+    store = await _ledger(shared[0])
+    try:
+        for _ in range(100):
+            row = await store.get(request_id)
+            if row is not None and row.settled is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None
+        assert row.status == "completed"
+    finally:
+        await store.aclose()
+
+
+async def test_killing_the_instance_serving_a_stream_the_client_resumes_on_another(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
+) -> None:
+    """A dies mid-stream (SIGKILL). Through nginx the client resumes on B: it gets each event A
+    had written exactly once, in order, and then `stream_interrupted`, never a silent end."""
+    cluster = await _cluster(make_cluster, upstream, shared)
+    upstream.enqueue(Scenario(tokens=400, gap_s=0.02))
+    async with aiohttp.ClientSession() as http:
+        a = cluster.instances[0]
+        response = await http.post(f"{a.url}/api/chat/stream", json=CHAT, headers=AUTH)
+        request_id = response.headers["X-Request-Id"]
+        first = await _events(response, 6)
+        await cluster.kill(0)
+        response.close()
+        headers = {**AUTH, "Last-Event-ID": first[-1][0]}
+        url = f"{cluster.url}/api/chat/stream/{request_id}"  # nginx: only B is left
+        async with http.get(url, headers=headers) as again:
+            assert again.status == 200, cluster.logs()
+            rest = await read_app_stream(again)
+    numbered = [i for i, _ in first] + [i for i in rest.ids if i]
+    assert numbered == [f"{request_id}:{n}" for n in range(1, len(numbered) + 1)]
+    last = rest.events[-1]
+    assert last["type"] == "error"
+    assert (last["error"]["code"], last["error"]["retryable"]) == ("stream_interrupted", True)
+
+
+async def test_a_key_rate_limit_holds_across_instances_and_the_ledger_has_every_row(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
+) -> None:
+    """A stored key with rpm = 10; 30 requests at once through nginx over both instances:
+    exactly 10 streams, 20 refusals with 429, and exactly 10 ledger rows, all completed."""
+    cluster = await _cluster(make_cluster, upstream, shared)
+    upstream.script("fake-model", Scenario(tokens=5, gap_s=0.01))
+    async with aiohttp.ClientSession() as http:
+        body = {"name": "limited", "rpm": 10}
+        async with http.post(f"{cluster.url}/admin/keys", json=body, headers=ADMIN) as created:
+            assert created.status == 201, cluster.logs()
+            key = await created.json()
+        headers = {"Authorization": f"Bearer {key['key']}"}
+
+        async def one(n: int) -> tuple[int, str | None]:
+            message = {"message": f"request {n}", "model": "chat"}
+            async with http.post(
+                f"{cluster.url}/api/chat/stream", json=message, headers=headers
+            ) as response:
+                if response.status != 200:
+                    return response.status, None
+                got = await read_app_stream(response)
+                assert got.events[-1]["type"] == "done"
+                return 200, got.headers["X-Request-Id"]
+
+        results = await asyncio.gather(*(one(n) for n in range(30)))
+        seen = [await _requests_seen(http, instance.url) for instance in cluster.instances]
+    assert all(count > 0 for count in seen), seen  # nginx spread them: the limit is shared
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 10 + [429] * 20, cluster.logs()
+    store = await _ledger(shared[0])
+    try:
+        where = UsageFilter(key_id=key["id"])
+        for _ in range(100):
+            totals = await store.usage(where, ("status",))
+            if [t.group for t in totals] == [{"status": "completed"}] and totals[0].requests == 10:
+                break
+            await asyncio.sleep(0.05)
+        (total,) = await store.usage(where)
+        assert total.requests == 10
+        assert total.errors == 0
+        for _, request_id in results:
+            if request_id is not None:
+                row = await store.get(request_id)
+                assert row is not None
+                assert row.status == "completed"
+    finally:
+        await store.aclose()
