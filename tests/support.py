@@ -25,6 +25,7 @@ import uvicorn
 from estuary.config import Config
 from estuary.ledger.base import LedgerRecord, Store
 from estuary.ledger.memory import LedgerRow, MemoryLedger
+from estuary.reload import ConfigSource
 from estuary.server import build_app, build_runtime
 from estuary.sse import SSEDecoder
 
@@ -126,16 +127,21 @@ class RunningGateway:
 
 @contextmanager
 def serve_in_thread(
-    config: Config, *, reader: Store | None = None, ledger: Store | None = None
+    config: Config,
+    *,
+    reader: Store | None = None,
+    ledger: Store | None = None,
+    source: ConfigSource | None = None,
 ) -> Iterator[RunningGateway]:
     """Run Estuary for `config` on a free loopback port until the block exits.
 
     By default the server keeps its rows in a `MemoryLedger` the test can read (or in `ledger`);
     with a `reader` (a store opened by the test on the same database) it uses `[ledger] url`.
+    With a `source` (where `config` came from), `POST /admin/reload` reads it again.
     """
     if reader is None:
         ledger = ledger if ledger is not None else MemoryLedger()
-    runtime = build_runtime(config, ledger=ledger)
+    runtime = build_runtime(config, ledger=ledger, source=source)
     ledger = reader if reader is not None else ledger
     assert ledger is not None
     app = build_app(runtime)

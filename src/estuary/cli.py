@@ -12,6 +12,7 @@ import typer
 
 from estuary.commands import doctor, keys_app, usage
 from estuary.config import ConfigError, load_config
+from estuary.reload import ConfigSource
 from estuary.testing import Scenario, run_fake_upstream
 from estuary.workers import run_single, run_workers
 
@@ -62,7 +63,8 @@ def serve(
             typer.echo(f"{server.workers} worker processes", err=True)
             run_workers(config, overrides, settings)
         else:
-            run_single(settings)
+            source = None if config is None else ConfigSource(path=config, overrides=overrides)
+            run_single(settings, source=source)
     except (NotImplementedError, ConfigError) as exc:
         typer.echo(f"estuary: {exc}", err=True)
         raise typer.Exit(2) from None

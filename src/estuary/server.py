@@ -2,18 +2,24 @@
 
 This is the only place that turns configuration into objects — providers over one shared HTTP pool,
 routes, the state store, the ledger, the gateway — and the lifespan that closes them again.
+`Runtime.reload()` turns a changed file into new routes, prices, templates, keys and limits and
+swaps them into the live objects (see `estuary.reload` for what a reload may change).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Final
 
+import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -41,6 +47,7 @@ from estuary.providers.demo import DemoProvider
 from estuary.providers.gemini import GeminiProvider
 from estuary.providers.openai import OpenAIProvider
 from estuary.providers.upstream_http import UpstreamPool
+from estuary.reload import ConfigSource, RestartRequired, restart_needed
 from estuary.routing.breaker import Breakers, BreakerSettings
 from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
@@ -50,11 +57,22 @@ from estuary.state.redis import RedisState
 __all__ = ["Runtime", "build_app", "build_runtime", "tune_gc"]
 
 _log: Final = structlog.get_logger("estuary.server")
+BREAKER_CHANNEL: Final = "breakers.opened"  # message: [target, pause_s]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Runtime:
-    """The long-lived objects of one server process."""
+    """The long-lived objects of one server process, and the config they were built from.
+
+    `source` is where that config came from (None: built without a file, as tests do), which
+    `reload()` reads again. Providers a reload replaces are `retired`: kept, not closed, until the
+    runtime closes at the end of the process — after the drain, so no stream can still be using
+    one. A stream holds its route (and so its provider instances) from admission to its end,
+    resume grace and mid-stream failover included, and nothing counts those holders; closing
+    earlier would need that count, or a guess of a delay. Keeping them costs a few small objects
+    per reload: providers own no connections (the `UpstreamPool` is shared and stays), so their
+    `aclose` releases nothing that matters while the process runs.
+    """
 
     services: Services
     pool: UpstreamPool
@@ -63,6 +81,11 @@ class Runtime:
     state: StateStore
     redactor: Redactor
     instance: str
+    config: Config
+    limiter: Limiter
+    source: ConfigSource | None = None
+    retired: list[Provider] = field(default_factory=list)
+    _reload_asked: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def start(self) -> None:
         """Connect the state store, open the ledger (migrating it) and close what this
@@ -79,17 +102,89 @@ class Runtime:
             )
 
     async def aclose(self) -> None:
-        for provider in self.providers.values():
+        for provider in [*self.providers.values(), *self.retired]:
             await provider.aclose()
         self.pool.close()
         await self.ledger.aclose()
         await self.state.aclose()
 
+    async def reload(self) -> list[str]:
+        """Read the config file again and admit new requests with it; the aliases now served.
+
+        Raises `ConfigError` — `RestartRequired` when the file changes a key only a restart
+        applies — and then nothing has changed. Logs `config.reloaded` or `config.reload_failed`.
+        Runs without a pause (no `await` inside), so no request is admitted half-way through.
+        """
+        try:
+            if self.source is None:
+                raise ConfigError("started without a config file (--config): nothing to reload")
+            models = self._apply(self.source.load(), self.source.path)
+        except ConfigError as exc:
+            _log.warning("config.reload_failed", logger="estuary.server", message=str(exc))
+            raise
+        _log.info("config.reloaded", logger="estuary.server", models=models)
+        return models
+
+    def request_reload(self) -> None:
+        """Ask for a reload, from a signal handler (SIGHUP); `reload_when_asked` runs it."""
+        self._reload_asked.set()
+
+    async def reload_when_asked(self) -> None:
+        """Run `reload()` after each `request_reload()`, for as long as the server runs."""
+        while True:
+            await self._reload_asked.wait()
+            self._reload_asked.clear()
+            try:
+                with contextlib.suppress(ConfigError):  # logged; the running config stays
+                    await self.reload()
+            except Exception:  # a bug: log it and keep serving with the running config
+                _log.exception("config.reload_failed", logger="estuary.server", message="bug")
+
+    def _apply(self, config: Config, where: Path) -> list[str]:
+        """Build what `config` describes, then swap it in; all of it, or (raising) nothing."""
+        if changed := restart_needed(self.config, config):
+            message = f"{where}: restart to change {', '.join(changed)}; nothing was reloaded"
+            raise RestartRequired(message)
+        self.redactor.learn(secret_values(config))
+        try:
+            providers = {
+                name: self._provider(name, table) for name, table in config.providers.items()
+            }
+        except NotImplementedError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        gateway, settings = self.services.gateway, _limit_settings(config)
+        authenticator = _authenticator(config, self.ledger, settings.user)
+        router = Router(
+            _routes(config, providers),
+            default=config.server.default_model,
+            breakers=gateway.router.breakers,  # breaker state survives the reload
+            rng=gateway.router.rng,
+        )
+        # Nothing below can fail, and nothing awaits: requests see the old config or the new.
+        gateway.reconfigure(router=router, prices=_prices(config), policy=_policy(config))
+        self.limiter.settings = settings
+        self.services.authenticator.adopt(authenticator)
+        self.retired.extend(p for name, p in self.providers.items() if providers.get(name) is not p)
+        self.providers, self.config = providers, config
+        return router.aliases
+
+    def _provider(self, name: str, table: ProviderConfig) -> Provider:
+        """The running provider `name` if its table is unchanged, else a new one."""
+        if name in self.providers and self.config.providers.get(name) == table:
+            return self.providers[name]
+        return _provider(name, table, self.pool, self.redactor)
+
 
 def build_runtime(
-    config: Config, *, ledger: Store | None = None, state: StateStore | None = None
+    config: Config,
+    *,
+    ledger: Store | None = None,
+    state: StateStore | None = None,
+    source: ConfigSource | None = None,
 ) -> Runtime:
     """Build every service from `config`; stores may be injected (tests use the memory ones).
+
+    `source` is where `config` was loaded from, for `Runtime.reload()` (None: no reload).
 
     Raises `ConfigError` for a ledger or state URL or a key file it cannot use, and
     `NotImplementedError` for a provider format this version lacks.
@@ -110,17 +205,7 @@ def build_runtime(
             raise ConfigError(f"ledger.url: {exc}") from None
     server = config.server
     instance = server.instance or f"{socket.gethostname()}:{server.port}"
-    prices = Prices(
-        {k: Price(p.input_per_mtok, p.output_per_mtok) for k, p in config.prices.items()}
-    )
-    limits = config.limits
-    settings = LimitSettings(
-        default_completion_tokens=limits.default_completion_tokens,
-        anonymous_rpm=limits.anonymous_rpm,
-        anonymous_concurrency=limits.anonymous_concurrency,
-        user=_user_limits(limits.user),
-        budget_overrun=limits.budget_overrun,
-    )
+    prices, settings = _prices(config), _limit_settings(config)
     store = ledger
 
     async def spent(key_id: str, end_user: str | None) -> int:
@@ -128,29 +213,14 @@ def build_runtime(
 
     authenticator = _authenticator(config, ledger, settings.user)
     state.subscribe(REVOKED_CHANNEL, authenticator.forget)  # a revocation on another instance
-    router = Router(
-        routes,
-        default=server.default_model,
-        breakers=Breakers(
-            BreakerSettings(
-                failures=config.routing.breaker_failures,
-                cooldown_s=config.routing.breaker_cooldown_s,
-            )
-        ),
-    )
+    router = Router(routes, default=server.default_model, breakers=_shared_breakers(config, state))
+    limiter = Limiter(state, spent=spent, prices=prices, settings=settings)
     gateway = Gateway(
         router=router,
         ledger=ledger,
         state=state,
-        limiter=Limiter(state, spent=spent, prices=prices, settings=settings),
-        policy=PolicyEnforcer(
-            {
-                name: PromptTemplate(
-                    name=name, system=t.system, variables=t.variables, max_chars=t.max_chars
-                )
-                for name, t in config.templates.items()
-            }
-        ),
+        limiter=limiter,
+        policy=_policy(config),
         prices=prices,
         instance=instance,
         metrics=GatewayMetrics(router),  # a registry per runtime: no clash between gateways
@@ -179,7 +249,58 @@ def build_runtime(
         state=state,
         redactor=redactor,
         instance=instance,
+        config=config,
+        limiter=limiter,
+        source=source,
     )
+
+
+def _prices(config: Config) -> Prices:
+    return Prices({k: Price(p.input_per_mtok, p.output_per_mtok) for k, p in config.prices.items()})
+
+
+def _limit_settings(config: Config) -> LimitSettings:
+    limits = config.limits
+    return LimitSettings(
+        default_completion_tokens=limits.default_completion_tokens,
+        anonymous_rpm=limits.anonymous_rpm,
+        anonymous_concurrency=limits.anonymous_concurrency,
+        user=_user_limits(limits.user),
+        budget_overrun=limits.budget_overrun,
+    )
+
+
+def _policy(config: Config) -> PolicyEnforcer:
+    return PolicyEnforcer(
+        {
+            name: PromptTemplate(
+                name=name, system=t.system, variables=t.variables, max_chars=t.max_chars
+            )
+            for name, t in config.templates.items()
+        }
+    )
+
+
+def _shared_breakers(config: Config, state: StateStore) -> Breakers:
+    """Breakers whose openings every instance hears (over the state's bus) and applies."""
+    settings = BreakerSettings(
+        failures=config.routing.breaker_failures, cooldown_s=config.routing.breaker_cooldown_s
+    )
+
+    def announce(target: str, pause_s: float) -> None:
+        state.publish_soon(BREAKER_CHANNEL, orjson.dumps([target, pause_s]).decode())
+
+    breakers = Breakers(settings, on_open=announce)
+
+    def heard(message: str) -> None:
+        try:
+            target, pause_s = orjson.loads(message)
+            breakers.opened_elsewhere(str(target), float(pause_s))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            _log.warning("breaker.bad_message")
+
+    state.subscribe(BREAKER_CHANNEL, heard)
+    return breakers
 
 
 def _watch_stores(metrics: GatewayMetrics, ledger: Store, state: StateStore) -> None:
@@ -297,17 +418,24 @@ def tune_gc() -> None:
 
 
 def build_app(runtime: Runtime) -> ASGIApp:
-    """The ASGI app over `runtime`, closing it when the server shuts down."""
+    """The ASGI app over `runtime`, closing it when the server shuts down; it runs the reloads
+    `runtime.request_reload()` asks for, and `POST /admin/reload` when there is a config file."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         try:
-            yield
+            async with asyncio.TaskGroup() as tasks:
+                reloads = tasks.create_task(runtime.reload_when_asked())
+                try:
+                    yield
+                finally:
+                    reloads.cancel()
         finally:
             await runtime.aclose()
 
-    return create_app(runtime.services, lifespan=lifespan)
+    reload = runtime.reload if runtime.source is not None else None
+    return create_app(runtime.services, lifespan=lifespan, reload=reload)
 
 
 def _provider(

@@ -10,7 +10,8 @@ needs `[state] url = "redis://…"` (the config refuses otherwise).
 
 The parent only supervises: a worker that dies is started again (at most once per second per
 worker), and SIGTERM or SIGINT is passed on to every worker, which then shuts down gracefully;
-the parent waits for them and exits.
+the parent waits for them and exits. SIGHUP is passed on too: each worker reloads the config file
+itself (`Runtime.reload`), so each logs its own `config.reloaded` or `config.reload_failed`.
 
 Graceful shutdown (each process): uvicorn stops accepting at once, and `Drain` gives running
 streams `[server] shutdown_drain_s` to finish before it ends them with a retryable in-band error;
@@ -20,8 +21,10 @@ uvicorn's own hard limit is 10 s later, time for those last events and the ledge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -37,6 +40,7 @@ import uvicorn
 from estuary.config import Config, load_config, secret_values
 from estuary.core.redaction import Redactor
 from estuary.logs import configure_logging
+from estuary.reload import ConfigSource
 from estuary.server import Runtime, build_app, build_runtime, tune_gc
 
 __all__ = ["run_single", "run_workers"]
@@ -62,7 +66,8 @@ def _uvicorn_config(app: Any, settings: Config) -> uvicorn.Config:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which also starts the drain of running streams on SIGTERM/SIGINT."""
+    """uvicorn's server, which also starts the drain of running streams on SIGTERM/SIGINT and
+    reloads the config file on SIGHUP."""
 
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
@@ -70,8 +75,12 @@ class _Server(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._runtime.request_reload)
+        try:
+            await super().serve(sockets)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is not None:  # a signal handler: hand over to the loop
@@ -79,24 +88,31 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _serve(settings: Config, sockets: list[socket.socket] | None = None) -> None:
-    runtime = build_runtime(settings)
+def _serve(
+    settings: Config, source: ConfigSource | None, sockets: list[socket.socket] | None = None
+) -> None:
+    # Until the loop handles SIGHUP, one (say, a reload passed on by the parent) must not kill
+    # the process; the file it would have reloaded is read during this start-up anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    runtime = build_runtime(settings, source=source)
     configure_logging(settings.server.log_level, runtime.redactor)
     app = build_app(runtime)
     tune_gc()
     _Server(_uvicorn_config(app, settings), runtime).run(sockets=sockets)
 
 
-def run_single(settings: Config) -> None:
-    """Serve in this process until SIGTERM/SIGINT."""
-    _serve(settings)
+def run_single(settings: Config, *, source: ConfigSource | None = None) -> None:
+    """Serve in this process until SIGTERM/SIGINT; reload `source` (if any) on SIGHUP."""
+    _serve(settings, source)
 
 
 def _worker_main(
     path: Path | None, overrides: dict[str, Any], instance: str, sock: socket.socket
 ) -> None:
     """One worker: its own runtime on the shared socket (runs in a spawned process)."""
-    _serve(load_config(path, overrides={**overrides, "server.instance": instance}), [sock])
+    overrides = {**overrides, "server.instance": instance}
+    source = None if path is None else ConfigSource(path=path, overrides=overrides)
+    _serve(load_config(path, overrides=overrides), source, [sock])
 
 
 class _Supervisor:
@@ -120,6 +136,7 @@ class _Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             for index in range(self._count):
                 self._start(index)
@@ -153,6 +170,14 @@ class _Supervisor:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
+
+    def _on_hangup(self, signum: int, _frame: FrameType | None) -> None:
+        """Pass SIGHUP (reload the config) on to every worker; a worker started later reads
+        the file as it is then anyway."""
+        for process in self._workers.values():
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):  # it died just now
+                    os.kill(process.pid, signal.SIGHUP)
 
     def _stop_all(self) -> int:
         """Pass SIGTERM on, wait for the graceful shutdown, kill what is left."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -137,18 +138,52 @@ async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end
         await store.aclose()
 
 
+KIMI = """
+[providers.kimi]
+preset = "moonshot"
+base_url = "{url}"
+api_key = "${{UPSTREAM_KEY}}"
+
+[models.kimi-chat]
+targets = ["kimi/kimi-model"]
+"""
+
+
+async def _takeover_cluster(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str], server: str = ""
+) -> Cluster:
+    """Two instances whose `kimi-chat` alias can continue a partial answer (Kimi's preset)."""
+    ledger_url, prefix = shared
+    extra = KIMI.format(url=upstream.base_url)
+    extra += f'[state]\nurl = "{REDIS_URL}"\nprefix = "{prefix}"\n'
+    toml = cluster_toml(upstream.base_url, ledger_url=ledger_url, server=server, extra=extra)
+    return await make_cluster(toml=toml)
+
+
+def _whole(first: list[tuple[str, Any]], rest: Any, request_id: str) -> tuple[list[Any], str]:
+    """Every event the client got (checking the ids run 1, 2, 3… with no gap and no repeat)
+    and the answer text they make."""
+    numbered = [i for i, _ in first] + list(rest.ids)
+    assert numbered == [f"{request_id}:{n}" for n in range(1, len(numbered) + 1)]
+    events = [e for _, e in first] + list(rest.events)
+    return events, "".join(e["content"] for e in events if e["type"] == "content")
+
+
 async def test_killing_the_instance_serving_a_stream_the_client_resumes_on_another(
     make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
 ) -> None:
-    """A dies mid-stream (SIGKILL). Through nginx the client resumes on B: it gets each event A
-    had written exactly once, in order, and then `stream_interrupted`, never a silent end."""
-    cluster = await _cluster(make_cluster, upstream, shared)
-    upstream.enqueue(Scenario(tokens=400, gap_s=0.02))
+    """A dies mid-stream (SIGKILL). Through nginx the client resumes on B, which takes the
+    stream over: every event once, in order, an `attempt` seam, and the whole answer."""
+    cluster = await _takeover_cluster(make_cluster, upstream, shared)
+    scenario = Scenario(text=tuple(f"word{n} " for n in range(120)), gap_s=0.02)
+    upstream.script("kimi-model", scenario)
+    body = {"messages": CHAT["messages"], "model": "kimi-chat"}
     async with aiohttp.ClientSession() as http:
         a = cluster.instances[0]
-        response = await http.post(f"{a.url}/api/chat/stream", json=CHAT, headers=AUTH)
+        response = await http.post(f"{a.url}/api/chat/stream", json=body, headers=AUTH)
         request_id = response.headers["X-Request-Id"]
-        first = await _events(response, 6)
+        first = await _events(response, 8)
+        await asyncio.sleep(0.1)  # let A's last events reach Redis (see docs/api.md)
         await cluster.kill(0)
         response.close()
         headers = {**AUTH, "Last-Event-ID": first[-1][0]}
@@ -156,11 +191,48 @@ async def test_killing_the_instance_serving_a_stream_the_client_resumes_on_anoth
         async with http.get(url, headers=headers) as again:
             assert again.status == 200, cluster.logs()
             rest = await read_app_stream(again)
-    numbered = [i for i, _ in first] + [i for i in rest.ids if i]
-    assert numbered == [f"{request_id}:{n}" for n in range(1, len(numbered) + 1)]
-    last = rest.events[-1]
-    assert last["type"] == "error"
-    assert (last["error"]["code"], last["error"]["retryable"]) == ("stream_interrupted", True)
+    events, text = _whole(first, rest, request_id)
+    assert [e["type"] for e in events].count("attempt") == 1, cluster.logs()
+    assert events[-1]["type"] == "done", events[-1]
+    assert text == scenario.expected_text()
+    continued = upstream.requests[-1].body["messages"][-1]
+    assert (continued["role"], continued["partial"]) == ("assistant", True)
+
+
+async def test_a_graceful_restart_hands_running_streams_over(
+    make_cluster: MakeCluster, upstream: FakeUpstream, shared: tuple[str, str]
+) -> None:
+    """SIGTERM with no drain time: A cuts the stream without a terminal event and leaves it;
+    the client resumes on B, which takes it over; A's row is `canceled`/`shutdown`."""
+    cluster = await _takeover_cluster(make_cluster, upstream, shared, server="shutdown_drain_s = 0")
+    scenario = Scenario(text=tuple(f"token{n} " for n in range(150)), gap_s=0.02)
+    upstream.script("kimi-model", scenario)
+    body = {"messages": CHAT["messages"], "model": "kimi-chat"}
+    async with aiohttp.ClientSession() as http:
+        a = cluster.instances[0]
+        async with http.post(f"{a.url}/api/chat/stream", json=body, headers=AUTH) as response:
+            request_id = response.headers["X-Request-Id"]
+            first = await _events(response, 5)
+            a.process.send_signal(signal.SIGTERM)
+            cut = await read_app_stream(response)  # ends without `done`: resume
+        first += list(zip(cut.ids, cut.events, strict=True))
+        assert all(e["type"] != "done" for _, e in first)
+        headers = {**AUTH, "Last-Event-ID": first[-1][0]}
+        url = f"{cluster.instances[1].url}/api/chat/stream/{request_id}"
+        async with http.get(url, headers=headers) as again:
+            assert again.status == 200, cluster.logs()
+            rest = await read_app_stream(again)
+    events, text = _whole(first, rest, request_id)
+    assert events[-1]["type"] == "done", cluster.logs()
+    assert text == scenario.expected_text()
+    store = await _ledger(shared[0])
+    try:
+        row = await store.get(request_id)
+        assert row is not None
+        assert row.settled is not None
+        assert (row.status, row.settled.finish_reason) == ("canceled", "shutdown")
+    finally:
+        await store.aclose()
 
 
 async def test_a_key_rate_limit_holds_across_instances_and_the_ledger_has_every_row(

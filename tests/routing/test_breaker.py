@@ -149,3 +149,26 @@ def test_weights_spread_the_first_attempt_and_keep_the_rest_as_fallbacks() -> No
         ("a", "b", "c"),
         ("b", "a", "c"),
     }
+
+
+def test_an_opening_is_announced_and_another_instance_applies_it() -> None:
+    """Breakers A and B stand for two instances: A's opening, passed on, pauses B's target."""
+    clock = Clock()
+    heard: list[tuple[str, float]] = []
+    settings = BreakerSettings(failures=2, cooldown_s=10)
+    a = Breakers(settings, clock, on_open=lambda target, pause: heard.append((target, pause)))
+    b = Breakers(settings, clock)
+    a["p/m"].failed()
+    assert heard == []
+    a["p/m"].failed(retry_after_s=30)
+    assert heard == [("p/m", 30)]
+    for target, pause in heard:
+        b.opened_elsewhere(target, pause)
+    assert b["p/m"].state() == "open"
+    assert not b["p/m"].allow()
+    b.opened_elsewhere("p/m", 5)  # a shorter pause does not shorten a longer one
+    clock.now = 29.0
+    assert b["p/m"].state() == "open"
+    clock.now = 30.0
+    assert b["p/m"].allow()  # after the pause, B probes on its own
+    assert b["p/m"].state() == "open"  # … one probe at a time

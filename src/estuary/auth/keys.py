@@ -108,6 +108,21 @@ class Authenticator:
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
 
+    def adopt(self, other: Authenticator) -> None:
+        """Take over `other`'s settings — static keys, anonymous access, the JWT verifier and
+        policy, end-user limits, admin key, cache lifetime — for a config reload.
+
+        The key store, the clock and the cache of stored-key lookups stay: stored keys do not
+        come from the config. A static key no longer configured fails from the next request on.
+        """
+        self._static = other._static
+        self._anonymous = other._anonymous
+        self._jwt = other._jwt
+        self._jwt_policy = other._jwt_policy
+        self._user_limits = other._user_limits
+        self._admin = other._admin
+        self._cache_s = other._cache_s
+
     async def authenticate(
         self, authorization: str | None, *, client_ip: str | None = None
     ) -> Principal:

@@ -38,7 +38,9 @@ TOKENS: Final = 50
 LONG_TOKENS: Final = 2000
 CANCEL_AFTER: Final = 5
 STREAM_S: Final = 0.1 + 0.02 * (TOKENS - 1)  # how long one standard stream lasts
-PORTS: Final = MappingProxyType({"estuary": 9200, "litellm": 9300, "portkey": 9400})
+PORTS: Final = MappingProxyType(
+    {"estuary": 9200, "estuary-app": 9200, "litellm": 9300, "portkey": 9400}
+)
 
 Drive = Callable[[], Awaitable[list[StreamResult]]]
 
@@ -310,8 +312,10 @@ async def _target(name: str, plan: BenchPlan) -> AsyncIterator[_Running]:
             None,
         )
         return
-    if name == "estuary":
+    if name in ("estuary", "estuary-app"):
         launch = _estuary_launch(plan, upstream_url)
+        if name == "estuary-app":  # the app API: normalised events, each kept for resume
+            launch = dataclasses.replace(launch, chat_path="/api/chat/stream")
     elif name == "litellm":
         launch = litellm_launch(
             plan.repo_root, upstream_url, PORTS[name], plan.workdir, UPSTREAM_KEY

@@ -85,7 +85,8 @@ class StreamResult:
         return (self.last_token_at - self.first_token_at) / (self.tokens - 1)
 
     def ok(self, expected_tokens: int, *, cancel: bool = False) -> bool:
-        """Complete and clean: 200, every token, `[DONE]` (unless we hung up), no error object."""
+        """Complete and clean: 200, every token, the end (`[DONE]`, or the app API's `done`)
+        unless we hung up, no error object."""
         if self.status != 200 or self.failure is not None or self.error_in_band:
             return False
         if cancel:
@@ -136,7 +137,7 @@ class _Stream(asyncio.Protocol):
                 result.first_token_at = now
             result.last_token_at = now
             result.tokens += tokens
-        if b"[DONE]" in data:
+        if b"[DONE]" in data or b'"type":"done"' in data:  # OpenAI's end, or the app API's
             result.done = True
         if b'"error"' in data:
             result.error_in_band = True

@@ -7,6 +7,7 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
 
     EstuaryError                      500 internal_error
     ├── InvalidRequest                400 invalid_request
+    │   ├── InvalidConfig             400 invalid_config            a reload of an invalid file
     │   ├── RequestTooLarge           413 request_too_large
     │   └── UnsupportedMediaType      415 unsupported_media_type
     ├── AuthenticationFailed          401 invalid_api_key
@@ -17,6 +18,7 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
     │   └── ModelNotFound             404 model_not_found
     ├── MethodNotAllowed              405 method_not_allowed
     ├── StreamFinished                409 stream_finished
+    ├── ReloadRefused                 409 reload_refused            a reload needs a restart
     ├── StreamInterrupted             502 stream_interrupted        (retryable) a resume that
     │                                                               cannot reach the stream's end
     ├── RateLimited                   429 rate_limited (+ Retry-After)
@@ -38,6 +40,7 @@ __all__ = [
     "AuthenticationFailed",
     "BudgetExceeded",
     "EstuaryError",
+    "InvalidConfig",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -45,6 +48,7 @@ __all__ = [
     "PermissionDenied",
     "PolicyViolation",
     "RateLimited",
+    "ReloadRefused",
     "RequestTooLarge",
     "ServiceUnavailable",
     "StreamFinished",
@@ -81,6 +85,12 @@ class EstuaryError(Exception):
 
 class InvalidRequest(EstuaryError):
     status_code, code, type = 400, "invalid_request", "invalid_request_error"
+
+
+class InvalidConfig(InvalidRequest):
+    """A config reload read a file that does not validate; the running config stays."""
+
+    code = "invalid_config"
 
 
 class RequestTooLarge(InvalidRequest):
@@ -125,6 +135,12 @@ class MethodNotAllowed(EstuaryError):
 
 class StreamFinished(EstuaryError):
     status_code, code, type = 409, "stream_finished", "invalid_request_error"
+
+
+class ReloadRefused(EstuaryError):
+    """A config reload that cannot be applied without a restart (or there is no file)."""
+
+    status_code, code, type = 409, "reload_refused", "invalid_request_error"
 
 
 class StreamInterrupted(EstuaryError):

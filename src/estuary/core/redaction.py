@@ -33,14 +33,20 @@ class Redactor:
     __slots__ = ("_exact", "secrets")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = frozenset(s for s in secrets if len(s) >= _MIN_SECRET_LEN)
-        ordered = sorted(self.secrets, key=len, reverse=True)
-        self._exact = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self.secrets: frozenset[str] = frozenset()
+        self._exact: re.Pattern[str] | None = None
+        self.learn(secrets)
 
     def __call__(self, text: str) -> str:
         if self._exact is not None:
             text = self._exact.sub(REDACTED, text)
         return _SHAPES.sub(_shape, text)
+
+    def learn(self, secrets: Iterable[str]) -> None:
+        """Also replace `secrets` from now on (a config reload); the ones known stay."""
+        self.secrets = self.secrets | {s for s in secrets if len(s) >= _MIN_SECRET_LEN}
+        ordered = sorted(self.secrets, key=len, reverse=True)
+        self._exact = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def extended(self, secrets: Iterable[str]) -> Redactor:
         """A redactor that also knows `secrets`."""

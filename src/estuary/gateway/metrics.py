@@ -47,7 +47,7 @@ class _BreakerCollector(Collector):
     """`estuary_breaker_state`, read from the router's breakers when scraped."""
 
     def __init__(self, router: Router) -> None:
-        self._router = router
+        self.router = router
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -55,8 +55,9 @@ class _BreakerCollector(Collector):
             "Circuit breaker of each target: 0 closed, 1 half-open, 2 open.",
             labels=["target"],
         )
-        states = self._router.breakers.states()
-        targets = {t.label for a in self._router.aliases for t in self._router.resolve(a).targets}
+        router = self.router
+        states = router.breakers.states()
+        targets = {t.label for a in router.aliases for t in router.resolve(a).targets}
         for target in sorted(targets | states.keys()):
             family.add_metric([target], BREAKER_VALUES[states.get(target, "closed")])
         yield family
@@ -115,8 +116,17 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        self._breakers: _BreakerCollector | None = None
         if router is not None:
-            registry.register(_BreakerCollector(router))
+            self.follow(router)
+
+    def follow(self, router: Router) -> None:
+        """Read breaker states through `router` (from now on, after a config reload)."""
+        if self._breakers is None:
+            self._breakers = _BreakerCollector(router)
+            self.registry.register(self._breakers)
+        else:
+            self._breakers.router = router
 
     def snapshot(self) -> dict[str, Any]:
         """What the dashboard shows live: open streams, and per alias since this process started

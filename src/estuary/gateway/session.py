@@ -47,13 +47,14 @@ from estuary.ledger.base import LedgerStore, OpenedRow, SettledRow
 from estuary.limits.limiter import Limiter, Reservation
 from estuary.limits.policy import PolicyEnforcer, PromptTemplate
 from estuary.routing.breaker import Breakers
-from estuary.routing.fallback import Attempt, stream_with_fallback
+from estuary.routing.fallback import Attempt, stream_continuation, stream_with_fallback
 from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import EventLog, StateStore
 
 __all__ = ["REVOKED_CHANNEL", "Gateway", "Outcome", "StreamSession"]
 
 _log: Final = structlog.get_logger("estuary.gateway")
+_TAKEOVER: Final = "takeover:"  # state key prefix of a resumable stream's request
 REVOKED_CHANNEL: Final = "keys.revoked"  # message: the key id; subscribers forget its lookups
 _CHECK_CHARS: Final = 256  # how much answer text between checks of a watched reservation
 
@@ -108,8 +109,14 @@ class Gateway:
         request: UpstreamRequest,
         *,
         api: Literal["openai", "anthropic", "app"],
+        taking_over: tuple[str, str] | None = None,
     ) -> StreamSession:
-        """Check, reserve, open the ledger row, register for cancel; nothing has streamed yet."""
+        """Check, reserve, open the ledger row, register for cancel; nothing has streamed yet.
+
+        `taking_over` = (stream id, answer so far): this request continues a stream whose
+        instance died. It gets a ledger row of its own, but is cancelled by the stream's id, and
+        its events are the continuation of the answer (`stream_continuation`).
+        """
         route = self.router.resolve(request.model)
         user = principal.user
         if user is not None and user.models is not None and route.alias not in user.models:
@@ -145,7 +152,8 @@ class Gateway:
                     api=api,
                 )
             )
-            canceled = await self._state.register_stream(request_id, principal.key_id)
+            stream_id = request_id if taking_over is None else taking_over[0]
+            canceled = await self._state.register_stream(stream_id, principal.key_id)
         except BaseException:
             await reservation.release()
             raise
@@ -165,7 +173,23 @@ class Gateway:
             order=route.order(self.router.rng),
             breakers=self.router.breakers,
             metrics=self.metrics,
+            taking_over=taking_over,
         )
+
+    @property
+    def shared_state(self) -> bool:
+        """Whether the state (and so resume logs) outlives this process (Redis)."""
+        return self._state.shared
+
+    async def remember(self, session: StreamSession, body: bytes, ttl_s: float) -> None:
+        """Keep the request of a resumable stream, for an instance that may have to take it
+        over (`claim`); kept until the stream's log expires, taken once."""
+        await self._state.put_ticket(_TAKEOVER + session.stream_id, body, ttl_s)
+
+    async def claim(self, request_id: str) -> bytes | None:
+        """The request `remember`ed for a stream, to this caller only (None if another instance
+        took it over already, or it expired)."""
+        return await self._state.take_ticket(_TAKEOVER + request_id)
 
     async def revoked(self, key_id: str) -> None:
         """Tell every instance that `key_id` was revoked (see `REVOKED_CHANNEL`)."""
@@ -175,8 +199,14 @@ class Gateway:
             _log.warning("keys.revocation_not_broadcast", key_id=key_id, error=type(exc).__name__)
 
     def open_log(self, session: StreamSession, ttl_s: float) -> EventLog:
-        """Start `session`'s resume log, readable by the same caller for `ttl_s` after it ends."""
-        return self._state.open_log(session.request_id, _owner(session.principal), ttl_s)
+        """Start `session`'s resume log, readable by the same caller for `ttl_s` after it ends;
+        for a stream taken over, go on with the log of the stream it continues."""
+        return self._state.open_log(
+            session.stream_id,
+            _owner(session.principal),
+            ttl_s,
+            taken_over=session.stream_id != session.request_id,
+        )
 
     async def read_log(
         self, principal: Principal, request_id: str, after: int
@@ -188,6 +218,19 @@ class Gateway:
                 f"no resumable stream '{request_id}' for this caller (unknown, or it expired)"
             )
         return frames
+
+    def reconfigure(self, *, router: Router, prices: Prices, policy: PolicyEnforcer) -> None:
+        """Admit new requests with `router`, `prices` and `policy` from now on (a config reload).
+
+        Sessions already admitted keep the route, prices and policy they were admitted with;
+        the breakers go on where they were as long as `router` shares them. The limiter
+        reserves at the new prices too; metrics read breaker states through `router`.
+        """
+        self.router = router
+        self._prices = prices
+        self._policy = policy
+        self._limiter.reprice(prices)
+        self.metrics.follow(router)
 
     async def readiness(self) -> dict[str, str]:
         """`ok` or the reason per check: ledger, state store, a usable target per alias."""
@@ -201,7 +244,7 @@ class Gateway:
         if result == "finished":
             raise StreamFinished(f"stream '{request_id}' has already finished")
 
-    async def _finish(self, row: SettledRow, *, opened: bool) -> None:
+    async def _finish(self, row: SettledRow, *, opened: bool, stream_id: str) -> None:
         """Mark the stream finished and close its row (if it was ever opened).
 
         Neither may fail the response that is ending: a state store or database that is down
@@ -209,7 +252,7 @@ class Gateway:
         the instance's next start.
         """
         try:
-            await self._state.finish_stream(row.request_id)
+            await self._state.finish_stream(stream_id)
         except Exception as exc:
             _log.warning("state.finish_failed", request_id=row.request_id, error=type(exc).__name__)
         if not opened:
@@ -256,8 +299,12 @@ class StreamSession:
         order: tuple[Target, ...],
         breakers: Breakers,
         metrics: GatewayMetrics,
+        taking_over: tuple[str, str] | None = None,
     ) -> None:
         self.request_id = request_id
+        # The id clients know the stream by: this request's, or the one it takes over.
+        self.stream_id = request_id if taking_over is None else taking_over[0]
+        self._continuing = None if taking_over is None else taking_over[1]
         self.route = route
         self.request = request
         self.canceled = canceled
@@ -290,15 +337,20 @@ class StreamSession:
         reservation = self._reservation if self._reservation.watches else None
         chars = checked = counted = 0  # answer characters: seen, at the last check; tokens so far
         opened: asyncio.Future[None] | None = self._opened
-        async with aclosing(
-            stream_with_fallback(
+        if self._continuing is None:
+            upstream = stream_with_fallback(
+                self.route, self.request, self.failures, order=self._order, breakers=self._breakers
+            )
+        else:
+            upstream = stream_continuation(
                 self.route,
                 self.request,
+                self._continuing,
                 self.failures,
                 order=self._order,
                 breakers=self._breakers,
             )
-        ) as events:
+        async with aclosing(upstream) as events:
             async for event in events:
                 if opened is not None:  # the first event: its ledger row must exist first
                     await _committed(opened)
@@ -322,7 +374,11 @@ class StreamSession:
                 elif isinstance(event, Usage):
                     self.usage = event  # the running attempt's; a later report replaces it
                 elif type(event) is Failover:
-                    self._failed_over(event, len(text))
+                    if self.provider is None and self._continuing is not None:
+                        # a takeover's seam: the target answering from here, not a failover
+                        self.provider, self.upstream_model = event.provider, event.model
+                    else:
+                        self._failed_over(event, len(text))
                 elif self._first_token_at is None and event.kind in ("reasoning", "tool_call"):
                     self._first_token_at = self._clock()
                 yield event
@@ -403,7 +459,7 @@ class StreamSession:
                 await self._opened
                 opened = True
         finally:
-            await self._finish(row, opened=opened)
+            await self._finish(row, opened=opened, stream_id=self.stream_id)
         _log.info(
             "stream.end",
             logger="estuary.gateway",

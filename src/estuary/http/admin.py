@@ -1,4 +1,5 @@
-"""Key management and usage reports over HTTP: `/admin/keys`, `/admin/usage`, `/api/usage`.
+"""Key management, usage reports and config reload over HTTP: `/admin/keys`, `/admin/usage`,
+`/admin/reload`, `/api/usage`.
 
 The admin routes need the `[auth] admin_key`; `/api/usage` shows callers their own usage only (a
 key's, or one end user's). Usage comes as JSON or, with `?format=csv`, as CSV.
@@ -6,6 +7,7 @@ key's, or one end user's). Usage comes as JSON or, with `?format=csv`, as CSV.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast, get_args
 
@@ -13,15 +15,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from estuary.auth.keys import Authenticator, generate_key
-from estuary.core.errors import AuthenticationFailed, InvalidRequest, NotFound
+from estuary.config import ConfigError
+from estuary.core.errors import (
+    AuthenticationFailed,
+    InvalidConfig,
+    InvalidRequest,
+    NotFound,
+    ReloadRefused,
+)
 from estuary.core.periods import parse_instant
 from estuary.core.policy import KeyPolicy, KeyRecord, Principal
 from estuary.gateway.session import Gateway
 from estuary.http.inputs import authenticate, read_json
 from estuary.ledger.base import Store, UsageDimension, UsageFilter, UsageTotal
 from estuary.ledger.report import usage_csv
+from estuary.reload import RestartRequired
 
-__all__ = ["AdminHandlers", "key_json"]
+__all__ = ["AdminHandlers", "Reload", "key_json"]
+
+Reload = Callable[[], Awaitable[list[str]]]  # re-read the config file: the aliases now served
 
 _DIMENSIONS: Final = frozenset(get_args(UsageDimension))
 _POLICY_INTS: Final = ("rpm", "tpm", "concurrency", "max_tokens")
@@ -41,12 +53,19 @@ class AdminHandlers:
     """The admin API and the caller's own usage."""
 
     def __init__(
-        self, gateway: Gateway, authenticator: Authenticator, store: Store, max_body_bytes: int
+        self,
+        gateway: Gateway,
+        authenticator: Authenticator,
+        store: Store,
+        max_body_bytes: int,
+        *,
+        reload: Reload | None = None,
     ) -> None:
         self._gateway = gateway
         self._auth = authenticator
         self._store = store
         self._max_body_bytes = max_body_bytes
+        self._reload = reload
 
     async def create_key(self, request: Request) -> Response:
         self._require_admin(request)
@@ -94,6 +113,24 @@ class AdminHandlers:
                 "live": self._gateway.metrics.snapshot(),
             }
         )
+
+    async def reload(self, request: Request) -> Response:
+        """`POST /admin/reload`: read the config file again; running streams are not touched.
+
+        An invalid file is a 400 `invalid_config` with the loader's message (which names keys,
+        never values); one that changes what needs a restart is a 409 `reload_refused`. Either
+        way the running config stays.
+        """
+        self._require_admin(request)
+        if self._reload is None:
+            raise ReloadRefused("this server was started without a config file: nothing to reload")
+        try:
+            models = await self._reload()
+        except RestartRequired as exc:
+            raise ReloadRefused(str(exc)) from None
+        except ConfigError as exc:
+            raise InvalidConfig(str(exc)) from None
+        return JSONResponse({"reloaded": True, "models": models})
 
     async def own_usage(self, request: Request) -> Response:
         principal: Principal = await authenticate(request, self._auth)

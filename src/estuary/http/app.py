@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
-from estuary.http.admin import AdminHandlers
+from estuary.http.admin import AdminHandlers, Reload
 from estuary.http.encoders import error_body
 from estuary.http.ops import OpsHandlers
 from estuary.http.pages import page_routes
@@ -45,11 +45,23 @@ class _ServerSend:
         await self._app(scope, receive, send)
 
 
-def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> ASGIApp:
-    """Build the ASGI app; no state lives anywhere but in `services`."""
+def create_app(
+    services: Services,
+    *,
+    lifespan: Lifespan[Starlette] | None = None,
+    reload: Reload | None = None,
+) -> ASGIApp:
+    """Build the ASGI app; no state lives anywhere but in `services`.
+
+    `reload` re-reads the config file for `POST /admin/reload` (None: the server has no file).
+    """
     handlers = Handlers(services)
     admin = AdminHandlers(
-        services.gateway, services.authenticator, services.store, services.max_body_bytes
+        services.gateway,
+        services.authenticator,
+        services.store,
+        services.max_body_bytes,
+        reload=reload,
     )
     ops = OpsHandlers(services.gateway, services.drain)
     routes: list[BaseRoute] = [
@@ -79,6 +91,7 @@ def create_app(services: Services, *, lifespan: Lifespan[Starlette] | None = Non
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/admin/usage", admin.admin_usage, methods=["GET"]),
         Route("/admin/stats", admin.stats, methods=["GET"]),
+        Route("/admin/reload", admin.reload, methods=["POST"]),
         *page_routes(),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),

@@ -129,12 +129,20 @@ class AppSSEEncoder:
     media_type = SSE_MEDIA_TYPE
     heartbeat: bytes | None = _PING
 
-    def __init__(self, request_id: str, alias: str, log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        alias: str,
+        log: EventLog | None = None,
+        *,
+        after: int = 0,
+    ) -> None:
+        """`after`: the seq of the last event already sent (a stream taken over goes on)."""
         self._prefix = f"id: {request_id}:".encode()
         self._request_id = request_id
         self._alias = alias
-        self._seq = 0
-        self._started = False
+        self._seq = after
+        self._started = after > 0
         self._log = log
 
     @property

@@ -2,9 +2,11 @@
 
 The frames come from the stream's resume log (`state`), byte for byte as the first connection got
 them (same ids), then live as the stream goes on — on whichever instance runs it. While the
-stream is silent the connection gets the usual `: ping` comments. If the log ends without a
-`done` or `error` (its instance died, or it was cut off before its end), the client gets an
-in-band `stream_interrupted` error, never a silent end. A client that leaves stops only its own
+stream is silent the connection gets the usual `: ping` comments. If the log turns out abandoned
+(its instance died, or shut down and handed the stream over), this instance tries to take the
+stream over (`http/takeover.py`) and the same response goes on with it; if it cannot, or the log
+ends without a `done` or `error` for any other reason, the client gets an in-band
+`stream_interrupted` error, never a silent end. A client that leaves stops only its own
 reading: the stream itself stays subject to the grace period of the connection it started on.
 """
 
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import orjson
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, InvalidRequest, StreamInterrupted
 from estuary.http.encoders import SSE_MEDIA_TYPE, app_error_body, is_terminal
@@ -48,11 +50,22 @@ class ResumeResponse:
     """Relays a resume log's frames to one client (see the module docstring)."""
 
     def __init__(
-        self, request_id: str, frames: AsyncIterator[bytes], *, heartbeat_s: float
+        self,
+        request_id: str,
+        frames: AsyncIterator[bytes],
+        *,
+        heartbeat_s: float,
+        takeover: Callable[[int], Awaitable[ASGIApp | None]] | None = None,
+        after: int = 0,
     ) -> None:
+        """`takeover(seq)`: what goes on with the stream when its log turns out abandoned, the
+        client having events up to `seq` (`after`, or the last one relayed here)."""
         self._request_id = request_id
         self._frames = frames
         self._heartbeat_s = heartbeat_s
+        self._takeover = takeover
+        self._seen = after
+        self._abandoned = False
         self._ended = False  # the last frame relayed was `done` or `error`
         self._error: EstuaryError | None = None
         self._lock = asyncio.Lock()
@@ -79,6 +92,11 @@ class ResumeResponse:
                     await self._frames.aclose()  # type: ignore[attr-defined]
         if stopper.stopped:
             return  # the client left: nobody to tell
+        if self._abandoned and self._takeover is not None:
+            continuation = await self._takeover(self._seen)
+            if continuation is not None:
+                await continuation(scope, receive, send)
+                return
         if not self._ended:
             error = self._error or StreamInterrupted(
                 "the stream stopped before its end (its gateway instance went away); "
@@ -92,8 +110,9 @@ class ResumeResponse:
             async for frame in self._frames:
                 self._ended = is_terminal(frame)
                 await self._write(frame)
+                self._seen += 1
         except LogAbandoned:
-            return
+            self._abandoned = True
         except EstuaryError as exc:
             self._error = exc
 

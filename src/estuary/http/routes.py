@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
@@ -46,6 +47,7 @@ from estuary.http.encoders import (
 from estuary.http.inputs import authenticate, read_json, refuse_url_credentials
 from estuary.http.resume import ResumeResponse, last_event_seq
 from estuary.http.streaming import Resumable, StreamResponse, StreamSettings
+from estuary.http.takeover import take_over
 from estuary.ledger.base import Store
 
 __all__ = ["Handlers", "Services"]
@@ -107,8 +109,9 @@ class Handlers:
 
     async def app_stream_post(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
-        chat = parse_app_chat(await read_json(request, self._s.max_body_bytes))
-        return await self._respond(principal, chat, "app", text=_wants_text(request))
+        body = await read_json(request, self._s.max_body_bytes)
+        chat = parse_app_chat(body)
+        return await self._respond(principal, chat, "app", text=_wants_text(request), body=body)
 
     async def app_stream_get(self, request: Request) -> ASGIApp:
         ticket = request.query_params.get("ticket")
@@ -117,8 +120,9 @@ class Handlers:
             principal = await self._s.tickets.redeem(ticket)
         else:
             principal = await authenticate(request, self._s.authenticator)
-        chat = parse_app_chat(_query_body(request))
-        return await self._respond(principal, chat, "app", text=_wants_text(request))
+        body = _query_body(request)
+        chat = parse_app_chat(body)
+        return await self._respond(principal, chat, "app", text=_wants_text(request), body=body)
 
     async def cancel(self, request: Request) -> Response:
         principal = await authenticate(request, self._s.authenticator)
@@ -137,7 +141,9 @@ class Handlers:
         api: Literal["openai", "anthropic", "app"],
         *,
         text: bool = False,
+        body: object = None,
     ) -> ASGIApp:
+        """`body`: the app-API request as sent, kept for a takeover when the state is shared."""
         session = await self._s.gateway.admit(principal, request, api=api)
         if api == "openai" and not request.stream:
             return CollectedResponse(session)
@@ -150,7 +156,12 @@ class Handlers:
             settings = self._s.stream
             log = self._s.gateway.open_log(session, settings.resume_ttl_s)
             grace = principal.policy.resume_grace_s
-            resumable = Resumable(log, settings.resume_grace_s if grace is None else grace)
+            handover = self._s.gateway.shared_state
+            resumable = Resumable(
+                log, settings.resume_grace_s if grace is None else grace, handover=handover
+            )
+            if handover and body is not None:
+                await self._s.gateway.remember(session, orjson.dumps(body), settings.resume_ttl_s)
             encoder = AppSSEEncoder(session.request_id, alias, log)
         elif isinstance(request, ChatRequest):
             encoder = OpenAIChatEncoder(
@@ -168,7 +179,24 @@ class Handlers:
         request_id = request.path_params["request_id"]
         after = last_event_seq(request, request_id)
         frames = await self._s.gateway.read_log(principal, request_id, after)
-        return ResumeResponse(request_id, frames, heartbeat_s=self._s.stream.heartbeat_s)
+
+        async def takeover(seen: int) -> ASGIApp | None:
+            return await take_over(
+                self._s.gateway,
+                principal,
+                request_id,
+                seen=seen,
+                settings=self._s.stream,
+                drain=self._s.drain,
+            )
+
+        return ResumeResponse(
+            request_id,
+            frames,
+            heartbeat_s=self._s.stream.heartbeat_s,
+            takeover=takeover,
+            after=after,
+        )
 
 
 def _wants_text(request: Request) -> bool:

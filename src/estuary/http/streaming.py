@@ -66,10 +66,15 @@ class StreamSettings:
 
 @dataclass(frozen=True, slots=True)
 class Resumable:
-    """An app-API stream a dropped client may resume: its log, and how long to wait for that."""
+    """An app-API stream a dropped client may resume: its log, and how long to wait for that.
+
+    `handover`: the log is shared (Redis), so on shutdown the stream is cut without a terminal
+    event and left for another instance to take over when the client resumes there.
+    """
 
     log: EventLog
     grace_s: float
+    handover: bool = False
 
 
 def streaming_headers(media_type: str, request_id: str) -> list[tuple[bytes, bytes]]:
@@ -106,13 +111,17 @@ class StreamResponse:
         settings: StreamSettings,
         resumable: Resumable | None = None,
         drain: Drain | None = None,
+        *,
+        headers_sent: bool = False,
     ) -> None:
+        """`headers_sent`: the response started already (a stream taken over on a resume)."""
         self._session = session
         self._encoder = encoder
         self._settings = settings
         self._resumable = resumable
         self._drain = drain
         self._detached = False  # the client left, the stream goes on into the log (grace)
+        self._handed_over = False  # shut down mid-stream, left open for a takeover
         self._grace: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
@@ -121,7 +130,7 @@ class StreamResponse:
         self._tasks: asyncio.TaskGroup | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopper: Stopper | None = None
-        self._committed = False
+        self._committed = headers_sent
         self._held = b""  # the start event, waiting to go out with the first token
         self._last_write = 0.0
         self._stopped_by: Literal["client", "cancel", "shutdown"] | None = None
@@ -155,7 +164,7 @@ class StreamResponse:
                     watcher.cancel()
             await self._end()
         finally:
-            if self._resumable is not None:
+            if self._resumable is not None and not self._handed_over:
                 self._resumable.log.close()
             await asyncio.shield(self._session.settle(self._outcome()))
 
@@ -202,6 +211,19 @@ class StreamResponse:
         """Write the one terminal message (unless the client left) and end the body."""
         send = self._send
         assert send is not None
+        resumable = self._resumable
+        if (
+            self._stopped_by == "shutdown"
+            and resumable is not None
+            and resumable.handover
+            and self._committed
+        ):
+            # No terminal event: the client resumes (on another instance, or this one after
+            # its restart), which takes the stream over from its log.
+            self._handed_over = True
+            if not self._detached:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if self._detached or self._stopped_by == "client":
             if self._resumable is not None:  # for a resume that comes after all
                 self._terminal()

@@ -77,6 +77,10 @@ class Limiter:
         # subject id -> settled spend, read from the ledger once, then kept current here
         self._spent: OrderedDict[str, int] = OrderedDict()
 
+    def reprice(self, prices: Prices) -> None:
+        """Reserve at `prices` from now on (a config reload); reservations keep their price."""
+        self._prices = prices
+
     async def admit(
         self, principal: Principal, targets: Sequence[str], request: UpstreamRequest
     ) -> Reservation:

@@ -38,7 +38,7 @@ from estuary.providers.base import ContinuesPrefix
 from estuary.routing.breaker import Breaker, Breakers
 from estuary.routing.routes import Route, Target
 
-__all__ = ["Attempt", "stream_with_fallback"]
+__all__ = ["Attempt", "stream_continuation", "stream_with_fallback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,33 @@ async def stream_with_fallback(
     )
 
 
+async def stream_continuation(
+    route: Route,
+    request: UpstreamRequest,
+    partial: str,
+    failures: list[Attempt],
+    *,
+    order: Sequence[Target] | None = None,
+    breakers: Breakers | None = None,
+) -> AsyncGenerator[StreamEvent, None]:
+    """The rest of an answer whose producer is gone (a stream taken over from a dead instance).
+
+    `partial` is the answer text the client already has. Yields `Failover` (the seam) and the
+    continuation from the first target in `order` that can continue a partial answer; raises
+    an `UpstreamError` when none of them can (or all failed).
+    """
+    answer = _Answer()
+    answer.parts.append(partial)
+    gone = UpstreamError(
+        route.alias,
+        "the stream's instance went away and no target of this model can continue an answer",
+    )
+    rest = _continue(route, request, failures, breakers, order or route.targets, answer, gone, None)
+    async with aclosing(rest):
+        async for event in rest:
+            yield event
+
+
 class _Answer:
     """What of the answer reached the client: its text, and whether a tool call did."""
 
@@ -165,7 +192,7 @@ async def _continue(
     later: Sequence[Target],
     answer: _Answer,
     died: UpstreamError,
-    dead: Target,
+    dead: Target | None,
 ) -> AsyncGenerator[StreamEvent, None]:
     """`Failover` and the rest of the answer from the first of `later` that can continue it.
 
@@ -194,7 +221,8 @@ async def _continue(
                 if breaker is not None:
                     breaker.succeeded()
                 settled = True
-                failures.append(Attempt(dead.label, died))
+                if dead is not None:
+                    failures.append(Attempt(dead.label, died))
                 yield Failover(provider=target.provider.name, model=target.model, reason=died.code)
                 try:
                     if answer.passes(first):

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from estuary.state.base import LogAbandoned
 
-__all__ = ["LogKeys", "RedisEventLog", "RedisLogs"]
+__all__ = ["LogKeys", "LogOp", "RedisEventLog", "RedisLogs"]
 
 SENTINEL_ID: Final = "18446744073709551615-0"
 RUNNING_TTL_MS: Final = 3_600_000  # a running log lives an hour past its last append
@@ -63,8 +63,8 @@ class LogKeys:
 
 
 @dataclass(frozen=True, slots=True)
-class _Op:
-    kind: Literal["open", "frame", "close"]
+class LogOp:
+    kind: Literal["open", "reopen", "frame", "close", "publish"]
     request_id: str
     seq: int = 0
     frame: bytes = b""
@@ -85,7 +85,7 @@ class RedisEventLog:
 
     def append(self, seq: int, frame: bytes) -> None:
         if not self._closed:
-            self._logs.enqueue(_Op("frame", self._request_id, seq=seq, frame=frame))
+            self._logs.enqueue(LogOp("frame", self._request_id, seq=seq, frame=frame))
 
     def close(self) -> None:
         if not self._closed:
@@ -106,23 +106,24 @@ class RedisLogs:
         self._log = log  # a structlog logger
         self._keys = keys
         self._leave = leave  # the LEAVE script
-        self._pending: list[_Op] = []
+        self._pending: list[LogOp] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._busy = False
         self._running: dict[str, int] = {}  # request id -> its close TTL (ms), until closed
         self.dropped = 0  # entries dropped because Redis could not take them in time
 
-    def open(self, request_id: str, owner: str, ttl_s: float) -> None:
+    def open(self, request_id: str, owner: str, ttl_s: float, *, keep: bool = False) -> None:
+        """Start a log (`keep`: go on with the frames an earlier producer left)."""
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         self._running[request_id] = ttl_ms
-        self.enqueue(_Op("open", request_id, owner=owner, ttl_ms=ttl_ms))
+        self.enqueue(LogOp("reopen" if keep else "open", request_id, owner=owner, ttl_ms=ttl_ms))
 
     def close(self, request_id: str) -> None:
         ttl_ms = self._running.pop(request_id, 0)
-        self.enqueue(_Op("close", request_id, ttl_ms=ttl_ms or 1))
+        self.enqueue(LogOp("close", request_id, ttl_ms=ttl_ms or 1))
 
-    def enqueue(self, op: _Op) -> None:
+    def enqueue(self, op: LogOp) -> None:
         """Queue a write; drop it (and count it) if the queue is full."""
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
@@ -159,7 +160,7 @@ class RedisLogs:
             for waiter in self._waiters:
                 waiter.cancel()
 
-    async def _write(self, batch: list[_Op]) -> bool:
+    async def _write(self, batch: list[LogOp]) -> bool:
         if not batch:
             return True
         pipe = self._client.pipeline(transaction=False)
@@ -179,16 +180,19 @@ class RedisLogs:
         self.dropped += sum(isinstance(result, Exception) for result in results)
         return True
 
-    def _queue_op(self, pipe: Any, op: _Op, touched: set[str]) -> None:
+    def _queue_op(self, pipe: Any, op: LogOp, touched: set[str]) -> None:
         keys, rid = self._keys, op.request_id
-        if op.kind == "open":
-            pipe.delete(keys.log(rid), keys.followers(rid))  # a new log for this id
+        if op.kind in ("open", "reopen"):
+            if op.kind == "open":
+                pipe.delete(keys.log(rid), keys.followers(rid))  # a new log for this id
             pipe.hset(keys.meta(rid), "owner", op.owner)
             pipe.pexpire(keys.meta(rid), RUNNING_TTL_MS + op.ttl_ms)
             pipe.set(keys.alive(rid), b"1", px=ALIVE_TTL_MS)
         elif op.kind == "frame":
             pipe.xadd(keys.log(rid), {"f": op.frame}, id=f"{op.seq}-0")
             touched.add(rid)
+        elif op.kind == "publish":  # `request_id` is the whole channel name here
+            pipe.publish(rid, op.frame)
         else:
             pipe.xadd(keys.log(rid), {"end": b"1"}, id=SENTINEL_ID)
             pipe.pexpire(keys.log(rid), op.ttl_ms)

@@ -79,6 +79,11 @@ class StateStore(Protocol):
     """What instances of one deployment share: cancel signals, tickets, limit buckets and
     counters, resume logs, and broadcast messages (breaker changes, revoked keys)."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether other instances (and this one, after a restart) see this store's contents."""
+        ...
+
     async def start(self) -> None:
         """Connect (and start background work) before the first request."""
         ...
@@ -119,8 +124,14 @@ class StateStore(Protocol):
         """Add to a shared counter (created at 0) and return its new value."""
         ...
 
-    def open_log(self, request_id: str, owner: str, ttl_s: float) -> EventLog:
-        """Start the resume log of a new stream; only `owner` may read it."""
+    def open_log(
+        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+    ) -> EventLog:
+        """Start the resume log of a new stream; only `owner` may read it.
+
+        `taken_over`: the stream's producer died and this instance goes on with it: keep the
+        events already in the log; the next `append` is the seq after its last.
+        """
         ...
 
     async def read_log(
@@ -136,6 +147,10 @@ class StateStore(Protocol):
 
     async def publish(self, channel: str, message: str) -> None:
         """Send `message` to every subscriber of `channel`, on every instance (this one too)."""
+        ...
+
+    def publish_soon(self, channel: str, message: str) -> None:
+        """`publish` without waiting (from synchronous code); best effort, in order."""
         ...
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:

@@ -97,6 +97,10 @@ class MemoryState:
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._next_sweep = clock() + keep_s
 
+    @property
+    def shared(self) -> bool:
+        return False
+
     async def start(self) -> None:
         return None
 
@@ -154,8 +158,13 @@ class MemoryState:
             self._counters[name] = value
         return value
 
-    def open_log(self, request_id: str, owner: str, ttl_s: float) -> _MemoryLog:
+    def open_log(
+        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+    ) -> _MemoryLog:
         self._sweep()
+        log = self._logs.get(request_id)
+        if taken_over and log is not None and log.owner == owner and not log.closed:
+            return log  # the new producer goes on after the last event
         log = self._logs[request_id] = _MemoryLog(owner, ttl_s, self._clock)
         return log
 
@@ -173,6 +182,10 @@ class MemoryState:
                 callback(message)
             except Exception:
                 _log.exception("a subscriber of %r failed", channel)
+
+    def publish_soon(self, channel: str, message: str) -> None:
+        for callback in list(self._subscribers.get(channel, ())):
+            asyncio.get_running_loop().call_soon(callback, message)
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         self._subscribers.setdefault(channel, []).append(callback)

@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from estuary.state._redis_bus import Bus
 from estuary.state._redis_health import Health
-from estuary.state._redis_log import LogKeys, RedisEventLog, RedisLogs
+from estuary.state._redis_log import LogKeys, LogOp, RedisEventLog, RedisLogs
 from estuary.state._redis_scripts import ADD, CANCEL, FINISH, GIVE, LEAVE, TAKE
 from estuary.state.base import (
     Bucket,
@@ -108,6 +108,10 @@ class RedisState:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+
+    @property
+    def shared(self) -> bool:
+        return True
 
     @property
     def degraded(self) -> bool:
@@ -262,14 +266,16 @@ class RedisState:
 
     # -- resume logs --------------------------------------------------------------------------
 
-    def open_log(self, request_id: str, owner: str, ttl_s: float) -> EventLog:
+    def open_log(
+        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+    ) -> EventLog:
         self._ensure_started()
         if self._health.down:  # no probe here (this is sync): the next async operation probes
             if self._on_failure == "closed":
                 raise StateUnavailable(_UNAVAILABLE)
             self._health.degraded_ops += 1
-            return self._local.open_log(request_id, owner, ttl_s)
-        self._logs.open(request_id, owner, ttl_s)
+            return self._local.open_log(request_id, owner, ttl_s, taken_over=taken_over)
+        self._logs.open(request_id, owner, ttl_s, keep=taken_over)
         return RedisEventLog(self._logs, request_id, self._followed)
 
     async def _followed(self, request_id: str) -> bool:
@@ -303,6 +309,13 @@ class RedisState:
             self._bus.deliver(channel, message)
 
         await self._shared(shared, local)
+
+    def publish_soon(self, channel: str, message: str) -> None:
+        self._ensure_started()
+        if self._health.down:
+            self._bus.deliver(channel, message)  # this instance at least
+            return
+        self._logs.enqueue(LogOp("publish", self._bus.channel(channel), frame=message.encode()))
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         # Only registers the callback: the bus (one pattern subscription) hears every channel

@@ -5,6 +5,7 @@ Plain values only; imports nothing from estuary.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,6 +106,29 @@ class Scenario:
     def expected_text(self) -> str:
         """All content as a client should reassemble it."""
         return "".join(self.content_chunks())
+
+    def continued(self, body: object) -> Scenario:
+        """This scenario as an answer to `body`: only the rest, when `body` ends with an
+        assistant prefix to continue (Kimi's `partial`, DeepSeek's `prefix`) that this answer
+        starts with — as a real upstream continues a partial answer; else unchanged."""
+        messages = body.get("messages") if isinstance(body, dict) else None
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if (
+            self.transcript is not None
+            or not isinstance(last, dict)
+            or last.get("role") != "assistant"
+            or not (last.get("partial") is True or last.get("prefix") is True)
+            or not isinstance(prefix := last.get("content"), str)
+            or not self.expected_text().startswith(prefix)
+        ):
+            return self
+        rest: list[str] = []
+        consumed = 0
+        for chunk in self.content_chunks():
+            if consumed + len(chunk) > len(prefix):
+                rest.append(chunk[max(0, len(prefix) - consumed) :])
+            consumed += len(chunk)
+        return dataclasses.replace(self, text=tuple(rest))
 
     def resolved_finish_reason(self, *, legacy: bool = False) -> str:
         """`finish_reason` if set, else "tool_calls" when there are tool calls, else "stop"."""

@@ -357,6 +357,8 @@ class FakeUpstream:
             message = "We could not parse the JSON body of your request."
             return _json(seen, 400, error_body(message, "invalid_request_error", None))
         scenario = self._pick(seen.model)
+        if not legacy:
+            scenario = scenario.continued(seen.body)
         await pause(scenario.headers_delay_s)
         if scenario.fail_status is not None:
             return _failure(request, seen, scenario)

@@ -1,12 +1,16 @@
 // The chat page: conversations in localStorage, streaming answers through the JS client.
 //
 // Model output is untrusted: it is rendered by markdown.js with DOM APIs only (never innerHTML).
-// Stop aborts the stream, which cancels the upstream; Retry asks the last question again.
+// Stop aborts the stream, which cancels the upstream; Retry asks the last question again. A
+// dropped connection is resumed by the client; meanwhile the answer shows "Reconnecting…".
 
 import { EstuaryClient, EstuaryError } from "/static/client/index.js";
 import { renderMarkdown } from "/static/markdown.js";
 
 const STORE = "estuary.conversations";
+// More patient than the client's default (5): a gateway restart (a deploy) takes a few seconds,
+// and the answer goes on afterwards.
+const RESUME = { maxAttempts: 10, baseDelayMs: 250, maxDelayMs: 4000 };
 const KEY = "estuary.apiKey";
 const $ = (id) => document.getElementById(id);
 
@@ -32,7 +36,7 @@ function save() {
 
 function client() {
   const apiKey = $("api-key").value.trim();
-  return new EstuaryClient(apiKey ? { apiKey } : {});
+  return new EstuaryClient(apiKey ? { apiKey, resume: RESUME } : { resume: RESUME });
 }
 
 function setStatus(text, isError = false) {
@@ -105,6 +109,20 @@ function fill(element, message) {
   }
 }
 
+// The streaming answer's "Reconnecting…" badge, shown while the client resumes a dropped
+// connection. The status line (role=status) announces it; the badge itself is not read twice.
+function setReconnecting(element, on) {
+  element.classList.toggle("reconnecting", on);
+  element.querySelector(".reconnecting-note")?.remove();
+  if (!on) return;
+  const note = document.createElement("p");
+  note.className = "reconnecting-note";
+  note.dataset.testid = "reconnecting";
+  note.setAttribute("aria-hidden", "true");
+  note.textContent = "Reconnecting…";
+  element.append(note);
+}
+
 function renderAll() {
   renderConversations();
   $("messages").replaceChildren(...(state.current?.messages ?? []).map(messageElement));
@@ -141,6 +159,14 @@ async function ask() {
       messages: history,
       model: $("model").value || undefined,
       signal: controller.signal,
+      onReconnect: () => {
+        setReconnecting(element, true);
+        setStatus("Connection lost. Reconnecting…");
+      },
+      onReconnected: () => {
+        setReconnecting(element, false);
+        setStatus("Streaming…");
+      },
     });
     for await (const event of stream) {
       if (event.type === "content") {
@@ -164,6 +190,7 @@ async function ask() {
   } finally {
     state.controller = null;
     element.classList.remove("streaming");
+    setReconnecting(element, false);
     fill(element, answer);
     if (answer.error) setStatus(answer.error, true);
     save();
