@@ -8,7 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from estuary.testing import FakeUpstream
+from tests.state.helpers import REDIS_URL, require_redis
 from tests.support import ENVIRON, UPSTREAM_KEY, free_port
 
 CONFIG = """
@@ -43,10 +46,12 @@ class Done:
         return found[0]
 
 
-async def doctor(tmp_path: Path, base_url: str, *args: str, env: dict[str, str]) -> Done:
-    """Write the config and run `estuary doctor --config … ARGS` in `tmp_path`."""
+async def doctor(
+    tmp_path: Path, base_url: str, *args: str, env: dict[str, str], extra: str = ""
+) -> Done:
+    """Write the config (plus `extra` tables) and run `estuary doctor --config … ARGS`."""
     config = tmp_path / "estuary.toml"
-    config.write_text(CONFIG.format(ledger=tmp_path / "ledger.db", base_url=base_url))
+    config.write_text(CONFIG.format(ledger=tmp_path / "ledger.db", base_url=base_url) + extra)
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -100,3 +105,22 @@ async def test_doctor_names_a_missing_environment_variable(
     done = await doctor(tmp_path, upstream.base_url, env=env)
     assert done.returncode == 1
     assert done.line("config") == "fail  config: environment variables not set: UPSTREAM_KEY"
+
+
+@pytest.mark.redis
+async def test_doctor_checks_redis_state_and_fails_on_a_dead_one(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`[state] url = "redis://…"`: ok when Redis answers; a named failure, without the URL's
+    password, when nothing listens."""
+    await require_redis()
+    env = {**os.environ, **ENVIRON}
+    live = await doctor(
+        tmp_path, upstream.base_url, env=env, extra=f'[state]\nurl = "{REDIS_URL}"\n'
+    )
+    assert live.line("state").startswith("ok "), live.lines
+    dead = f"redis://:sekrit-password@127.0.0.1:{free_port()}/0"
+    done = await doctor(tmp_path, upstream.base_url, env=env, extra=f'[state]\nurl = "{dead}"\n')
+    assert done.returncode == 1
+    assert done.line("state").startswith("fail "), done.lines
+    assert not any("sekrit-password" in line for line in done.lines)

@@ -34,9 +34,13 @@ from estuary.core.requests import ChatRequest
 from estuary.ledger import open_store
 from estuary.ledger.memory import MemoryLedger
 from estuary.providers.base import Provider, Timeouts
+from estuary.state.base import StateUnavailable
 from estuary.state.memory import MemoryState
+from estuary.state.redis import RedisState
 
 __all__ = ["Verdict", "doctor"]
+
+_STATE_TIMEOUT_S: Final = 3.0
 
 Level = Literal["ok", "warn", "fail"]
 _REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -91,17 +95,23 @@ async def _examine(path: Path | None, *, probe: bool, emit: Emit) -> None:
 
 
 async def _state(config: Config) -> Verdict:
+    """memory:// needs nothing; Redis must answer a PING (the URL is never shown)."""
     url = config.state.url
-    if url != "memory://":
-        scheme = url.partition(":")[0]
-        reason = f"{scheme}:// is not available in this version (only memory://)"
-        return Verdict("fail", "state", reason)
-    state = MemoryState()
+    if url == "memory://":
+        return Verdict("ok", "state", "memory:// (this process only: fine for one instance)")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return Verdict("fail", "state", "use memory:// or redis://host:6379/0")
     try:
-        await state.take_ticket("doctor-probe")
+        state = RedisState(url, prefix=config.state.prefix, on_failure="closed")
+    except ValueError as exc:
+        return Verdict("fail", "state", str(exc))
+    try:
+        await asyncio.wait_for(state.ping(), _STATE_TIMEOUT_S)
+    except (StateUnavailable, TimeoutError):
+        return Verdict("fail", "state", "Redis does not answer (is it running, is the URL right?)")
     finally:
         await state.aclose()
-    return Verdict("ok", "state", "memory:// (this process only: fine for one instance)")
+    return Verdict("ok", "state", f"Redis answers (prefix {config.state.prefix!r})")
 
 
 def _load(path: Path | None, emit: Emit) -> Config | None:
