@@ -104,10 +104,17 @@ def fake_upstream(
 @app.command()
 def bench(
     targets: Annotated[
-        str, typer.Option(help="Comma-separated: direct, estuary, litellm, portkey")
+        str,
+        typer.Option(help="Comma-separated: direct, estuary, estuary-app, litellm, portkey"),
     ] = "direct,estuary,litellm,portkey",
     quick: Annotated[bool, typer.Option(help="Smaller counts, for a quick look")] = False,
     out: Annotated[Path, typer.Option(help="Where results and logs go")] = Path("bench/results"),
+    workers: Annotated[
+        int, typer.Option(min=1, help="Estuary worker processes (over 1: Redis state)")
+    ] = 1,
+    state: Annotated[
+        str, typer.Option(help="Estuary's [state] url when --workers is over 1")
+    ] = "redis://127.0.0.1:6379/0",
 ) -> None:
     """Benchmark Estuary against the direct upstream and its peers (see docs/benchmarks.md)."""
     import asyncio
@@ -120,11 +127,19 @@ def bench(
     from estuary.bench.report import markdown, print_tables, summarize
 
     console = Console(stderr=True, width=200)
-    plan = BenchPlan(targets=tuple(t.strip() for t in targets.split(",") if t.strip()), workdir=out)
+    shared = state if workers > 1 else "memory://"
+    plan = BenchPlan(
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        workdir=out,
+        workers=workers,
+        state_url=shared,
+    )
     if quick:
         plan = BenchPlan(
             targets=plan.targets,
             workdir=out,
+            workers=workers,
+            state_url=shared,
             concurrency=(50, 200),
             rounds=1,
             latency_streams=10,

@@ -58,6 +58,7 @@ class BenchPlan:
     repo_root: Path = field(default_factory=Path.cwd)
     workdir: Path = field(default_factory=lambda: Path("bench/results"))
     workers: int = 1
+    state_url: str = "memory://"  # Redis for more than one worker
 
 
 @dataclass(slots=True, kw_only=True)
@@ -362,6 +363,10 @@ workers = {plan.workers}
 
 [ledger]
 url = "sqlite:///{ledger}"
+
+[state]
+url = "{plan.state_url}"
+prefix = "estuary-bench:"
 
 [auth]
 keys = ["${{BENCH_GATEWAY_KEY}}"]
