@@ -119,7 +119,7 @@ class ServerConfig(_Table):
     heartbeat_s: float = Field(default=15.0, gt=0)
     header_hold_s: float = Field(default=10.0, ge=0)
     resume_grace_s: float = Field(default=30.0, ge=0, le=3600)
-    resume_ttl_s: float = Field(default=300.0, gt=0, le=86400)
+    resume_ttl_s: float = Field(default=120.0, gt=0, le=86400)
     shutdown_drain_s: float = Field(default=20.0, ge=0, le=3600)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     default_model: str | None = None

@@ -61,7 +61,7 @@ class StreamSettings:
     heartbeat_s: float = 15.0
     header_hold_s: float = 10.0
     resume_grace_s: float = 30.0  # app API: a dropped client's stream goes on this long
-    resume_ttl_s: float = 300.0  # app API: a stream's events stay readable this long after it
+    resume_ttl_s: float = 120.0  # app API: a stream's events stay readable this long after it
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Final
 from estuary.state.base import Bucket, CancelResult, Shortfall
 
 _log: Final = logging.getLogger("estuary.state")
+_SWEEP_EVERY_S: Final = 30.0
 
 __all__ = ["MemoryState"]
 
@@ -95,7 +96,8 @@ class MemoryState:
         self._counters: dict[str, float] = {}
         self._logs: dict[str, _MemoryLog] = {}
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
-        self._next_sweep = clock() + keep_s
+        self._sweep_every_s = min(keep_s, _SWEEP_EVERY_S)
+        self._next_sweep = clock() + self._sweep_every_s
 
     @property
     def shared(self) -> bool:
@@ -212,11 +214,12 @@ class MemoryState:
         self._subscribers.clear()
 
     def _sweep(self) -> None:
-        """Forget expired tickets, logs and long-finished streams, at most once per `keep_s`."""
+        """Forget expired tickets, logs and long-finished streams, at most every 30 s (resume
+        logs hold whole answers: they should not outlive their TTL by much)."""
         now = self._clock()
         if now < self._next_sweep:
             return
-        self._next_sweep = now + self._keep_s
+        self._next_sweep = now + self._sweep_every_s
         horizon = now - self._keep_s
         for rid in [
             r for r, s in self._streams.items() if s.finished_at and s.finished_at < horizon
