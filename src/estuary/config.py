@@ -40,6 +40,7 @@ __all__ = [
     "ServerConfig",
     "StateConfig",
     "Target",
+    "TelemetryConfig",
     "TemplateConfig",
     "UserLimitsConfig",
     "default_config",
@@ -66,7 +67,12 @@ _SECRET: Final = (
     ("providers", None, "api_key"),
 )
 _PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SENSITIVE: Final = (("providers", None, "headers", None), ("ledger", "url"), ("state", "url"))
+_SENSITIVE: Final = (
+    ("providers", None, "headers", None),
+    ("ledger", "url"),
+    ("state", "url"),
+    ("telemetry", "headers", None),
+)
 
 
 class ConfigError(Exception):
@@ -297,6 +303,22 @@ class RoutingConfig(_Table):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
+class TelemetryConfig(_Table):
+    """`[telemetry]`: OpenTelemetry trace export (needs `pip install 'estuary[otel]'`)."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP traces URL; None: tracing is off
+    service_name: str = Field(default="estuary", min_length=1, max_length=200)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    headers: dict[str, str] = Field(default_factory=dict)  # e.g. a collector's auth token
+
+    @model_validator(mode="after")
+    def _endpoint_is_http(self) -> Self:
+        if self.otlp_endpoint is not None and not _HTTP_URL.fullmatch(self.otlp_endpoint):
+            message = 'must be an http:// or https:// URL, e.g. "http://127.0.0.1:4318/v1/traces"'
+            raise _Invalid([(("otlp_endpoint",), message)])
+        return self
+
+
 class PriceConfig(_Table):
     """`[prices."provider/model"]`: currency units per million tokens."""
 
@@ -318,6 +340,7 @@ class Config(_Table):
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     templates: dict[Annotated[str, Field(pattern=_NAME)], TemplateConfig] = Field(
         default_factory=dict
     )

@@ -3,9 +3,9 @@
 A reload (SIGHUP or `POST /admin/reload`) reads the file again through the same `load_config` as
 the start, with the same command-line overrides. Providers, models, prices, templates, `[auth]`,
 `[limits]` and `[server] default_model` change for new requests; the keys that shape the process
-itself — the rest of `[server]`, `[ledger]`, `[state]`, `[routing]` — need a restart, and a file
-that changes one of them is refused as a whole (`RestartRequired`). Applying a config is
-`estuary.server.Runtime.reload`. Imports `estuary.config` and nothing else of estuary.
+itself — the rest of `[server]`, `[ledger]`, `[state]`, `[routing]`, `[telemetry]` — need a
+restart, and a file that changes one of them is refused as a whole (`RestartRequired`). Applying a
+config is `estuary.server.Runtime.reload`. Imports `estuary.config` and nothing else of estuary.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from estuary.config import Config, ConfigError, load_config
 __all__ = ["ConfigSource", "RestartRequired", "restart_needed"]
 
 # Tables a running process cannot take over, and the keys of theirs that it can.
-_FIXED_TABLES: Final = ("server", "ledger", "state", "routing")
+_FIXED_TABLES: Final = ("server", "ledger", "state", "routing", "telemetry")
 _RELOADABLE: Final = frozenset({"server.default_model"})
 
 

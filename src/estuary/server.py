@@ -53,6 +53,7 @@ from estuary.routing.routes import Route, Router, Target
 from estuary.state.base import StateStore
 from estuary.state.memory import MemoryState
 from estuary.state.redis import RedisState
+from estuary.telemetry import Tracing
 
 __all__ = ["Runtime", "build_app", "build_runtime", "tune_gc"]
 
@@ -84,6 +85,7 @@ class Runtime:
     config: Config
     limiter: Limiter
     source: ConfigSource | None = None
+    tracing: Tracing | None = None  # `[telemetry]`: kept as started until the process ends
     retired: list[Provider] = field(default_factory=list)
     _reload_asked: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -102,11 +104,15 @@ class Runtime:
             )
 
     async def aclose(self) -> None:
-        for provider in [*self.providers.values(), *self.retired]:
-            await provider.aclose()
-        self.pool.close()
-        await self.ledger.aclose()
-        await self.state.aclose()
+        try:
+            for provider in [*self.providers.values(), *self.retired]:
+                await provider.aclose()
+            self.pool.close()
+            await self.ledger.aclose()
+            await self.state.aclose()
+        finally:
+            if self.tracing is not None:  # send the spans still buffered (blocking HTTP)
+                await asyncio.to_thread(self.tracing.shutdown)
 
     async def reload(self) -> list[str]:
         """Read the config file again and admit new requests with it; the aliases now served.
@@ -215,6 +221,7 @@ def build_runtime(
     state.subscribe(REVOKED_CHANNEL, authenticator.forget)  # a revocation on another instance
     router = Router(routes, default=server.default_model, breakers=_shared_breakers(config, state))
     limiter = Limiter(state, spent=spent, prices=prices, settings=settings)
+    tracing = Tracing.start(config.telemetry, instance=instance)  # last to raise: no thread leaks
     gateway = Gateway(
         router=router,
         ledger=ledger,
@@ -224,6 +231,7 @@ def build_runtime(
         prices=prices,
         instance=instance,
         metrics=GatewayMetrics(router),  # a registry per runtime: no clash between gateways
+        on_settled=None if tracing is None else tracing.record,
     )
     services = Services(
         gateway=gateway,
@@ -252,6 +260,7 @@ def build_runtime(
         config=config,
         limiter=limiter,
         source=source,
+        tracing=tracing,
     )
 
 

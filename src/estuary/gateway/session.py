@@ -83,8 +83,10 @@ class Gateway:
         instance: str = "local",
         clock: Callable[[], float] = time.perf_counter,
         metrics: GatewayMetrics | None = None,
+        on_settled: Callable[[SettledRow, StreamSession], None] | None = None,
     ) -> None:
         self.router = router
+        self.on_settled = on_settled  # told of every settled row (tracing); must not raise
         self.metrics = metrics if metrics is not None else GatewayMetrics(router)
         self._ledger = ledger
         self._state = state
@@ -137,7 +139,7 @@ class Gateway:
             self.metrics.refused(exc.code)
             raise
         request_id = new_request_id()
-        started = self._clock()
+        started, started_at = self._clock(), datetime.now(UTC)
         try:
             # Queued now, committed while the upstream request goes out; the session waits for
             # the commit before it relays the first upstream byte (see `StreamSession.events`).
@@ -145,7 +147,7 @@ class Gateway:
                 OpenedRow(
                     request_id=request_id,
                     instance=self._instance,
-                    started_at=datetime.now(UTC),
+                    started_at=started_at,
                     key_id=principal.key_id,
                     end_user=principal.end_user,
                     alias=route.alias,
@@ -174,6 +176,9 @@ class Gateway:
             breakers=self.router.breakers,
             metrics=self.metrics,
             taking_over=taking_over,
+            api=api,
+            started_at=started_at,
+            on_settled=self.on_settled,
         )
 
     @property
@@ -300,8 +305,14 @@ class StreamSession:
         breakers: Breakers,
         metrics: GatewayMetrics,
         taking_over: tuple[str, str] | None = None,
+        api: Literal["openai", "anthropic", "app"] = "app",
+        started_at: datetime | None = None,
+        on_settled: Callable[[SettledRow, StreamSession], None] | None = None,
     ) -> None:
         self.request_id = request_id
+        self.api = api
+        self.started_at = started_at or datetime.now(UTC)  # admission, wall clock (= the row's)
+        self._on_settled = on_settled
         # The id clients know the stream by: this request's, or the one it takes over.
         self.stream_id = request_id if taking_over is None else taking_over[0]
         self._continuing = None if taking_over is None else taking_over[1]
@@ -452,6 +463,8 @@ class StreamSession:
             failures=tuple(f"{f.target}: {f.error.code}" for f in self.failures),
         )
         self._count(row, outcome.error)
+        if self._on_settled is not None:
+            self._on_settled(row, self)
         opened = False
         try:
             await self._reservation.settle(prompt, completion, cost)
