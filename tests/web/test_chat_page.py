@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from estuary.testing import FakeUpstream, Scenario
-from tests.support import APP_KEY, RunningGateway
+from tests.state.helpers import REDIS_URL, delete_prefix, require_redis
+from tests.support import APP_KEY, RunningGateway, ServerProcess, free_port, server_process
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -40,7 +43,9 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
-async def open_page(browser: Browser, gateway: RunningGateway, width: int = 1280) -> Page:
+async def open_page(
+    browser: Browser, gateway: RunningGateway | ServerProcess, width: int = 1280
+) -> Page:
     context = await browser.new_context(viewport={"width": width, "height": 800})
     await context.add_init_script(f"localStorage.setItem('estuary.apiKey', '{APP_KEY}')")
     page = await context.new_page()
@@ -142,3 +147,80 @@ async def test_conversations_survive_a_reload(
         scenario.expected_text().strip()
     )
     assert await page.locator("#conversations button").first.text_content() == "Remember me"
+
+
+def _restartable_toml(upstream_url: str, tmp_path: Path, redis_prefix: str) -> str:
+    """A gateway whose streams outlive it: resume logs in Redis, a target that can continue a
+    partial answer (Kimi's preset), no drain on SIGTERM, and a ledger on disk."""
+    return f"""
+[server]
+heartbeat_s = 0.2
+shutdown_drain_s = 0
+
+[auth]
+keys = ["${{APP_KEY}}"]
+
+[ledger]
+url = "sqlite:///{tmp_path / "ledger.db"}"
+
+[state]
+url = "{REDIS_URL}"
+prefix = "{redis_prefix}"
+
+[providers.kimi]
+preset = "moonshot"
+base_url = "{upstream_url}"
+api_key = "${{UPSTREAM_KEY}}"
+
+[models.chat]
+targets = ["kimi/fake-model"]
+first_token_timeout_s = 10.0
+idle_timeout_s = 10.0
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_a_gateway_restart_mid_answer_resumes_without_duplicated_or_missing_text(
+    browser: Browser, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SIGTERM to `estuary serve` mid-answer and a new one on the same port: the page shows
+    "Reconnecting…" meanwhile, then finishes the same message with exactly the scripted answer."""
+    await require_redis()
+    scenario = Scenario(text=tuple(f"w{i:02d} " for i in range(60)), gap_s=0.05)  # ~3 s
+    upstream.script("fake-model", scenario)
+    redis_prefix = f"estuary-test-{secrets.token_hex(6)}:"
+    config = tmp_path / "estuary.toml"
+    config.write_text(_restartable_toml(upstream.base_url, tmp_path, redis_prefix))
+    port, log = free_port(), tmp_path / "server.log"
+    try:
+        async with server_process(config, port=port, log_path=log, cwd=tmp_path) as first:
+            page = await open_page(browser, first)
+            await ask(page, "Count to sixty, please")
+            message = page.locator(".message.assistant")
+            answer_element = message.locator(".body")
+            await expect(answer_element).to_contain_text("w09")  # some of the answer...
+            assert "w59" not in (await answer_element.text_content() or "")  # ...not all of it
+            first.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(first.process.wait(), 20)
+        # No gateway on the port now, so the page cannot have resumed: it must be reconnecting,
+        # with the answer so far kept and no error.
+        await expect(message.get_by_test_id("reconnecting")).to_have_text("Reconnecting…")
+        await expect(message).to_have_class(re.compile(r"\breconnecting\b"))
+        await expect(page.locator("#status")).to_have_text("Connection lost. Reconnecting…")
+        await expect(message.locator(".error")).to_have_count(0)
+        await page.screenshot(path=tmp_path / "chat-reconnecting.png")
+
+        async with server_process(config, port=port, log_path=log, cwd=tmp_path):
+            await expect(page.locator("#stop")).to_be_hidden(timeout=40_000)  # the answer ended
+            await expect(message.locator(".error")).to_have_count(0)
+            final = (await answer_element.text_content() or "").strip()
+            assert final == scenario.expected_text().strip()  # nothing twice, nothing missing
+            await expect(page.locator(".message.assistant")).to_have_count(1)  # the same message
+            await expect(message.get_by_test_id("reconnecting")).to_have_count(0)
+            await expect(message).not_to_have_class(re.compile(r"\b(streaming|reconnecting)\b"))
+            await expect(page.locator("#status")).to_have_text("")  # done, finishReason "stop"
+            await expect(page.locator("#retry")).to_be_visible()
+            await page.screenshot(path=tmp_path / "chat-resumed.png")
+    finally:
+        await delete_prefix(REDIS_URL, redis_prefix)

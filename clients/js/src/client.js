@@ -20,6 +20,9 @@ import { SocketHub, WebSocketChatStream } from "./websocket.js";
  * @property {"sse" | "websocket"} [transport] "sse" (the default) or "websocket"
  * @property {import("./backoff.js").ResumeOptions | false} [resume] resume after a dropped
  *   connection (the default: 5 attempts, 250 ms base, 5 s cap); false turns it off
+ * @property {(info: {attempt: number, delayMs: number}) => void} [onReconnect] called before each
+ *   resume attempt of every stream (SSE transport), before the stream's own hook
+ * @property {() => void} [onReconnected] called when a resumed connection delivers its first event
  * @property {typeof fetch} [fetch] a `fetch` to use instead of the global one
  * @property {any} [WebSocket] a WebSocket constructor (e.g. the `ws` package's on Node < 22)
  * @property {() => number} [random] the jitter source, `Math.random` by default
@@ -40,6 +43,8 @@ export class EstuaryClient {
     this.transport = options.transport ?? "sse";
     /** @type {Required<import("./backoff.js").ResumeOptions> | false} */
     this._resume = options.resume === false ? false : { ...DEFAULT_RESUME, ...options.resume };
+    /** @type {import("./http.js").ReconnectHooks} */
+    this._hooks = reconnectHooks(options);
     this._random = options.random ?? Math.random;
     /** @type {typeof fetch} (the global one is looked up per call: tests and polyfills swap it) */
     this._fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
@@ -116,6 +121,11 @@ export class EstuaryClient {
  * @property {Record<string, string>} [variables]
  * @property {AbortSignal} [signal] aborting stops the stream and cancels it on the gateway
  * @property {import("./backoff.js").ResumeOptions | false} [resume] overrides the client's
+ * @property {(info: {attempt: number, delayMs: number}) => void} [onReconnect] called before each
+ *   resume attempt: `attempt` counts from 1 since the last event arrived, `delayMs` is the wait
+ *   before it; called after the client's
+ * @property {() => void} [onReconnected] called when a resumed connection delivers its first new
+ *   event, just before that event; called after the client's
  */
 
 export class Chat {
@@ -132,11 +142,12 @@ export class Chat {
   stream(options) {
     const client = this._client;
     const body = chatBody(/** @type {Record<string, unknown>} */ (options));
+    const hooks = bothHooks(client._hooks, reconnectHooks(options));
     if (client.transport === "websocket") {
-      return new WebSocketChatStream(client, body, options.signal);
+      return new WebSocketChatStream(client, body, options.signal); // no resume, so no hooks
     }
     const resume = resumeOptions(client._resume, options.resume);
-    return new HttpChatStream(client, body, options.signal, resume);
+    return new HttpChatStream(client, body, options.signal, resume, hooks);
   }
 
   /**
@@ -176,4 +187,40 @@ function resumeOptions(ofClient, ofStream) {
   if (ofStream === undefined) return ofClient;
   if (ofStream === false) return false;
   return { ...DEFAULT_RESUME, ...(ofClient || {}), ...ofStream };
+}
+
+/**
+ * The reconnection hooks given in `options` (a client's or a stream's); a hook that is not a
+ * function is a `TypeError`.
+ * @param {{onReconnect?: unknown, onReconnected?: unknown}} options
+ * @returns {import("./http.js").ReconnectHooks}
+ */
+function reconnectHooks({ onReconnect, onReconnected }) {
+  /** @type {Record<string, unknown>} */
+  const hooks = {};
+  for (const [name, hook] of Object.entries({ onReconnect, onReconnected })) {
+    if (hook === undefined) continue;
+    if (typeof hook !== "function") throw new TypeError(`${name} must be a function`);
+    hooks[name] = hook;
+  }
+  return /** @type {import("./http.js").ReconnectHooks} */ (hooks);
+}
+
+/**
+ * The client's hooks, then the stream's.
+ * @param {import("./http.js").ReconnectHooks} first
+ * @param {import("./http.js").ReconnectHooks} then
+ * @returns {import("./http.js").ReconnectHooks}
+ */
+function bothHooks(first, then) {
+  return {
+    onReconnect: (info) => {
+      first.onReconnect?.(info);
+      then.onReconnect?.(info);
+    },
+    onReconnected: () => {
+      first.onReconnected?.();
+      then.onReconnected?.();
+    },
+  };
 }

@@ -9,8 +9,12 @@
  * (or a network failure) is tried again; any other answer, or `maxAttempts` failures in a row
  * without a new event, ends the stream with `EstuaryStreamError("stream_interrupted")`.
  *
+ * Two hooks let a UI show it: `onReconnect({attempt, delayMs})` before each wait, and
+ * `onReconnected()` when a resumed connection delivers its first new event (before it is yielded).
+ *
  *     POST /api/chat/stream ──▶ events 1..k ──✕ (connection lost)
- *         wait backoff(0) ─▶ GET /api/chat/stream/{id}  Last-Event-ID: id:k ──▶ events k+1.. ─▶ done
+ *         onReconnect({attempt: 1, delayMs}) ─▶ wait delayMs ─▶ GET /api/chat/stream/{id}
+ *         Last-Event-ID: id:k ──▶ onReconnected() ─▶ events k+1.. ─▶ done
  *
  * @module
  */
@@ -23,16 +27,24 @@ import { ChatStream } from "./stream.js";
 /** A connection failed in a way that a resume may repair. */
 class ConnectionLost extends Error {}
 
+/**
+ * @typedef {object} ReconnectHooks  what a UI is told about resumes (see `StreamOptions`)
+ * @property {(info: {attempt: number, delayMs: number}) => void} [onReconnect]
+ * @property {() => void} [onReconnected]
+ */
+
 export class HttpChatStream extends ChatStream {
   /**
    * @param {import("./client.js").EstuaryClient} client
    * @param {Record<string, unknown>} body
    * @param {AbortSignal | undefined} signal
    * @param {Required<import("./backoff.js").ResumeOptions> | false} resume
+   * @param {ReconnectHooks} [hooks]
    */
-  constructor(client, body, signal, resume) {
+  constructor(client, body, signal, resume, hooks = {}) {
     super(client, body, signal);
     this._resume = resume;
+    this._hooks = hooks;
   }
 
   async *_events() {
@@ -42,6 +54,7 @@ export class HttpChatStream extends ChatStream {
       let cause;
       try {
         for await (const event of this._connection(reconnecting)) {
+          if (attempt > 0) this._hooks.onReconnected?.();
           attempt = 0;
           yield event;
           if (this._state.finished) return;
@@ -59,8 +72,10 @@ export class HttpChatStream extends ChatStream {
           cause,
         });
       }
-      await sleep(backoffDelay(attempt, resume, this._client._random), this._abort.signal);
+      const delayMs = backoffDelay(attempt, resume, this._client._random);
       attempt += 1;
+      this._hooks.onReconnect?.({ attempt, delayMs });
+      await sleep(delayMs, this._abort.signal);
     }
   }
 

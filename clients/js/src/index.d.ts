@@ -102,6 +102,22 @@ export interface ResumeOptions {
 
 export declare const DEFAULT_RESUME: Readonly<Required<ResumeOptions>>;
 
+/** What `onReconnect` is told before a resume attempt. */
+export interface ReconnectInfo {
+  /** 1 for the first attempt after a drop; counts up until an event arrives, then restarts. */
+  attempt: number;
+  /** How long the client waits before this attempt, in ms. */
+  delayMs: number;
+}
+
+/** Hooks that let a UI show a resume (SSE transport; the WebSocket transport never resumes). */
+export interface ReconnectHooks {
+  /** Called before each resume attempt, i.e. before its wait. */
+  onReconnect?: (info: ReconnectInfo) => void;
+  /** Called when a resumed connection delivers its first new event, just before that event. */
+  onReconnected?: () => void;
+}
+
 /** The wait before reconnection `attempt` (0-based): uniform in [0, min(cap, base × 2^attempt)). */
 export declare function backoffDelay(
   attempt: number,
@@ -109,7 +125,8 @@ export declare function backoffDelay(
   random?: () => number,
 ): number;
 
-export interface ClientOptions {
+/** A hook set here is called for every stream, before the stream's own. */
+export interface ClientOptions extends ReconnectHooks {
   /** The gateway's root, e.g. "https://chat.example.com"; "" (default) is the page's origin. */
   baseUrl?: string;
   /** A gateway key (`sk-est-…`). */
@@ -134,7 +151,8 @@ export interface ChatMessageInput {
   [field: string]: unknown;
 }
 
-export interface StreamOptions {
+/** The hooks (`onReconnect`, `onReconnected`) set here are called after the client's. */
+export interface StreamOptions extends ReconnectHooks {
   /** The conversation, OpenAI-shaped; or give `message`. */
   messages?: ChatMessageInput[];
   /** One user message. */

@@ -18,7 +18,7 @@ const BODY_FIELDS = Object.freeze({
 });
 
 /** Options that steer the client rather than the request. */
-const CLIENT_OPTIONS = new Set(["signal", "resume"]);
+const CLIENT_OPTIONS = new Set(["signal", "resume", "onReconnect", "onReconnected"]);
 
 /**
  * The request body for `options`; a misspelt option is a `TypeError`, not silently dropped.

@@ -28,6 +28,11 @@ export interface StreamingChat {
   messages: Ref<ChatMessage[]>;
   /** Whether an answer is being written. */
   streaming: Ref<boolean>;
+  /**
+   * True from a dropped connection until the resumed one delivers an event (SSE transport):
+   * the answer is not lost, show "Reconnecting…". False again when the answer ends.
+   */
+  reconnecting: Ref<boolean>;
   /** The answer being written; after a failure, what had arrived before it. */
   currentContent: Ref<string>;
   /** The last failure (an EstuaryError, usually), cleared by the next send. */

@@ -3,6 +3,7 @@
  *
  *     const chat = useStreamingChat({ client, model: "chat", system: "Be brief." });
  *     await chat.sendMessage("你好");   // chat.currentContent grows while chat.streaming is true
+ *                                      // (chat.reconnecting: the connection dropped, resuming)
  *     chat.stop();                     // aborts the request and cancels the upstream
  *
  * Vue 3.3+ is a peer dependency; nothing here needs a DOM or a component (the refs work in any
@@ -31,6 +32,8 @@ const PASSED_OPTIONS = ["model", "maxTokens", "temperature", "template", "variab
  * - `stop()` aborts the answer (the gateway cancels the upstream); what was written so far is
  *   kept as the assistant message.
  * - `retry()` drops whatever followed the last user message and asks again.
+ * - `reconnecting` is true from a dropped connection until the resumed one delivers an event
+ *   (SSE transport); the answer goes on in `currentContent`.
  *
  * @param {{client: import("./client.js").EstuaryClient, model?: any, system?: any,
  *          maxTokens?: any, temperature?: any, template?: any, variables?: any, tools?: any}} options
@@ -40,6 +43,7 @@ export function useStreamingChat(options) {
   /** @type {import("vue").Ref<ChatMessage[]>} */
   const messages = ref([]);
   const streaming = ref(false);
+  const reconnecting = ref(false);
   const currentContent = ref("");
   /** @type {import("vue").ShallowRef<Error | null>} */
   const error = shallowRef(null);
@@ -56,7 +60,16 @@ export function useStreamingChat(options) {
     error.value = null;
     currentContent.value = "";
     try {
-      const stream = client.chat.stream({ ...request(), signal: abort.signal });
+      const stream = client.chat.stream({
+        ...request(),
+        signal: abort.signal,
+        onReconnect: () => {
+          if (mine === turn) reconnecting.value = true;
+        },
+        onReconnected: () => {
+          if (mine === turn) reconnecting.value = false;
+        },
+      });
       for await (const event of stream) {
         if (mine !== turn) return;
         if (event.type === "content") currentContent.value += String(event.content);
@@ -70,6 +83,7 @@ export function useStreamingChat(options) {
     } finally {
       if (mine === turn) {
         streaming.value = false;
+        reconnecting.value = false;
         controller = null;
       }
     }
@@ -111,6 +125,7 @@ export function useStreamingChat(options) {
     }
     currentContent.value = "";
     streaming.value = false;
+    reconnecting.value = false;
   }
 
   /**
@@ -126,7 +141,7 @@ export function useStreamingChat(options) {
   }
 
   if (getCurrentScope()) onScopeDispose(stop);
-  return { messages, streaming, currentContent, error, sendMessage, stop, retry };
+  return { messages, streaming, reconnecting, currentContent, error, sendMessage, stop, retry };
 }
 
 /**

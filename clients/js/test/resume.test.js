@@ -138,6 +138,134 @@ describe("resume", () => {
   });
 });
 
+describe("reconnection hooks", () => {
+  test("onReconnect comes before each resume attempt, onReconnected before the first new event", async () => {
+    const events = scriptedEvents(WORDS);
+    const { client, requests } = await setUp(
+      { events, connections: [{ cutAfter: 3 }, { status: 503 }, { status: 503 }, {}] },
+      { random: () => 0.5 },
+    );
+    /** @type {unknown[]} */
+    const log = [];
+    const stream = client.chat.stream({
+      message: "hi",
+      onReconnect: (info) => log.push({ reconnect: info, resumesSent: resumes(requests).length }),
+      onReconnected: () => log.push("reconnected"),
+    });
+    for await (const event of stream) log.push(event.type === "content" ? event.content : event.type);
+    // full jitter with random() = 0.5: half of min(maxDelayMs, baseDelayMs × 2^(attempt - 1))
+    assert.deepEqual(log, [
+      "start",
+      "Es",
+      "tu",
+      { reconnect: { attempt: 1, delayMs: 0.5 }, resumesSent: 0 },
+      { reconnect: { attempt: 2, delayMs: 1 }, resumesSent: 1 },
+      { reconnect: { attempt: 3, delayMs: 2 }, resumesSent: 2 },
+      "reconnected",
+      "ary ",
+      "流",
+      "式",
+      " works",
+      "done",
+    ]);
+  });
+
+  /** @param {unknown[]} log */
+  const logging = (log) => ({
+    onReconnect: (/** @type {{attempt: number}} */ { attempt }) => log.push(attempt),
+    onReconnected: () => log.push("reconnected"),
+  });
+
+  test("the attempt count restarts after every resumed event", async () => {
+    const events = scriptedEvents(WORDS);
+    const { client } = await setUp({ events, connections: [{ cutAfter: 2 }, { cutAfter: 4 }, {}] });
+    /** @type {unknown[]} */
+    const log = [];
+    assert.equal(await client.chat.stream({ message: "hi", ...logging(log) }).text(), WORDS.join(""));
+    assert.deepEqual(log, [1, "reconnected", 1, "reconnected"]);
+  });
+
+  test("a stream that never drops calls no hook", async () => {
+    const { client } = await setUp({ events: scriptedEvents(WORDS), connections: [{}] });
+    /** @type {unknown[]} */
+    const log = [];
+    assert.equal(await client.chat.stream({ message: "hi", ...logging(log) }).text(), WORDS.join(""));
+    assert.deepEqual(log, []);
+  });
+
+  test("a resume that never works calls onReconnect maxAttempts times and never onReconnected", async () => {
+    const { client } = await setUp(
+      { events: scriptedEvents(WORDS), connections: [{ cutAfter: 3 }, { status: 503 }] },
+      { resume: { ...FAST, maxAttempts: 3 } },
+    );
+    /** @type {unknown[]} */
+    const log = [];
+    const stream = client.chat.stream({
+      message: "hi",
+      onReconnect: ({ attempt }) => log.push(attempt),
+      onReconnected: () => log.push("reconnected"),
+    });
+    await assert.rejects(stream.text(), { code: "stream_interrupted" });
+    assert.deepEqual(log, [1, 2, 3]);
+  });
+
+  test("the client's hooks run for every stream, before the stream's own", async () => {
+    /** @type {string[]} */
+    const log = [];
+    const { client } = await setUp(
+      // two streams, each cut once and resumed
+      { events: scriptedEvents(WORDS), connections: [{ cutAfter: 3 }, {}, { cutAfter: 3 }, {}] },
+      {
+        onReconnect: () => log.push("client: reconnect"),
+        onReconnected: () => log.push("client: reconnected"),
+      },
+    );
+    await client.chat.text({ message: "hi" });
+    await client.chat.text({
+      message: "hi",
+      onReconnect: () => log.push("stream: reconnect"),
+      onReconnected: () => log.push("stream: reconnected"),
+    });
+    assert.deepEqual(log, [
+      "client: reconnect",
+      "client: reconnected",
+      "client: reconnect",
+      "stream: reconnect",
+      "client: reconnected",
+      "stream: reconnected",
+    ]);
+  });
+
+  test("a hook that throws ends the stream with its error and cancels it on the server", async () => {
+    const { client, requests } = await setUp({
+      events: scriptedEvents(WORDS),
+      connections: [{ cutAfter: 3 }, {}],
+    });
+    const oops = new Error("the UI broke");
+    const stream = client.chat.stream({
+      message: "hi",
+      onReconnect: () => {
+        throw oops;
+      },
+    });
+    await assert.rejects(stream.text(), (error) => error === oops);
+    assert.equal(resumes(requests).length, 0);
+    await eventually(
+      async () => requests.some((r) => r.url === `/api/chat/${REQUEST_ID}/cancel`),
+      "the cancel request",
+    );
+  });
+
+  test("a hook that is not a function is a TypeError", () => {
+    assert.throws(() => new EstuaryClient({ onReconnect: /** @type {any} */ ("yes") }), TypeError);
+    const client = new EstuaryClient({ baseUrl: "http://127.0.0.1:9" });
+    assert.throws(
+      () => client.chat.stream({ message: "hi", onReconnected: /** @type {any} */ (1) }),
+      /onReconnected must be a function/,
+    );
+  });
+});
+
 describe("streams that do not end properly", () => {
   test("a stream that ends cleanly without done or error is an error, never a success", async () => {
     const { client } = await setUp(

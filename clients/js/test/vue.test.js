@@ -8,6 +8,7 @@ import { effectScope, ref, watch } from "vue";
 import { EstuaryClient, EstuaryError } from "../src/index.js";
 import { useStreamingChat } from "../src/vue.js";
 import { APP_KEY, eventually, startEstuary } from "./support/estuary.js";
+import { scriptedEvents, startScriptedServer } from "./support/sse-server.js";
 
 const ALIASES = { chat: "fake-model", slow: "slow-model", endless: "endless-model" };
 const SCRIPTS = { "slow-model": "12,0.02,0.02", "endless-model": "400,0.05,0.02" };
@@ -125,5 +126,78 @@ describe("useStreamingChat against a real Estuary", () => {
     scope.stop();
     await sent;
     assert.equal(chat.streaming.value, false);
+  });
+});
+
+describe("useStreamingChat across a dropped connection", () => {
+  const WORDS = ["one ", "two ", "three ", "four ", "five"];
+
+  /**
+   * A chat on a scripted server that plays the resume contract (test/support/sse-server.js).
+   * @param {import("./support/sse-server.js").Connection[]} connections
+   * @param {number} [waitMs] the wait before each resume attempt
+   */
+  async function chatOn(connections, waitMs = 20) {
+    const server = await startScriptedServer({ events: scriptedEvents(WORDS), connections });
+    const client = new EstuaryClient({
+      baseUrl: server.url,
+      apiKey: "sk-est-test",
+      resume: { maxAttempts: 3, baseDelayMs: waitMs, maxDelayMs: waitMs },
+      random: () => 0.999, // every wait is ~waitMs
+    });
+    const scope = effectScope();
+    const chat = scope.run(() => useStreamingChat({ client }));
+    assert.ok(chat);
+    /** @type {unknown[]} */
+    const seen = []; // reconnecting's changes, and whether it was set when content grew
+    scope.run(() => {
+      watch(chat.reconnecting, (value) => seen.push(value), { flush: "sync" });
+      watch(
+        chat.currentContent,
+        (value) => value !== "" && seen.push(chat.reconnecting.value ? "content while reconnecting" : "content"),
+        { flush: "sync" },
+      );
+    });
+    return { chat, seen, close: () => (scope.stop(), server.close()) };
+  }
+
+  test("reconnecting is true from the drop until the first event after the resume", async () => {
+    const { chat, seen, close } = await chatOn([{ cutAfter: 3 }, {}]);
+    try {
+      await chat.sendMessage("count");
+      assert.deepEqual(seen, ["content", "content", true, false, "content", "content", "content"]);
+      assert.equal(chat.error.value, null);
+      assert.equal(chat.reconnecting.value, false);
+      assert.deepEqual(chat.messages.value.at(-1), { role: "assistant", content: WORDS.join("") });
+    } finally {
+      await close();
+    }
+  });
+
+  test("a resume that fails ends reconnecting and sets error, keeping the text so far", async () => {
+    const { chat, seen, close } = await chatOn([{ cutAfter: 3 }, { status: 404 }]);
+    try {
+      await chat.sendMessage("count");
+      assert.deepEqual(seen, ["content", "content", true, false]);
+      assert.equal(/** @type {EstuaryError} */ (chat.error.value).code, "stream_interrupted");
+      assert.equal(chat.currentContent.value, "one two ");
+    } finally {
+      await close();
+    }
+  });
+
+  test("stop while reconnecting ends reconnecting", async () => {
+    const { chat, close } = await chatOn([{ cutAfter: 3 }, {}], 60_000);
+    try {
+      const sent = chat.sendMessage("count");
+      await eventually(async () => chat.reconnecting.value, "reconnecting");
+      chat.stop();
+      assert.equal(chat.reconnecting.value, false);
+      await sent;
+      assert.equal(chat.error.value, null);
+      assert.deepEqual(chat.messages.value.at(-1), { role: "assistant", content: "one two " });
+    } finally {
+      await close();
+    }
   });
 });

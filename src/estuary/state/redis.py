@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Literal, TypeVar
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,6 +52,8 @@ T = TypeVar("T")
 # What "Redis cannot be reached" looks like; any other error is a bug and propagates.
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _CONNECT_TIMEOUT_S: Final = 1.0
+_MAX_CONNECTIONS: Final = 1024
+_POOL_WAIT_S: Final = 2.0
 _SOCKET_TIMEOUT_S: Final = 2.0  # above the 1 s XREAD BLOCK of log readers
 _RUNNING_STREAM_MS: Final = 24 * 3_600_000  # a stream's record while it runs (or its instance died)
 _IDLE_BUCKET_MS: Final = 24 * 3_600_000  # a bucket that never refills, untouched this long, is full
@@ -70,12 +72,17 @@ class RedisState:
         keep_s: float = 600.0,
     ) -> None:
         try:
-            self._client = Redis.from_url(
+            # A blocking pool: a burst waits a moment for a connection instead of failing (and
+            # so counting as an outage). Each live resume reader holds one while it blocks.
+            pool = BlockingConnectionPool.from_url(
                 url,
+                max_connections=_MAX_CONNECTIONS,
+                timeout=_POOL_WAIT_S,
                 socket_connect_timeout=_CONNECT_TIMEOUT_S,
                 socket_timeout=_SOCKET_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection may be stale
             )
+            self._client = Redis.from_pool(pool)
         except ValueError:
             raise ValueError("invalid Redis URL in [state] url") from None  # hide the URL
         self._prefix = prefix

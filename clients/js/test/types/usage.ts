@@ -6,6 +6,7 @@ import {
   EstuaryStreamError,
   type ChatEvent,
   type ChatStream,
+  type ReconnectInfo,
 } from "@estuary/client";
 import { useStreamingChat, type StreamingChat } from "@estuary/client/vue";
 import { ref } from "vue";
@@ -18,6 +19,8 @@ export async function plain(signal: AbortSignal): Promise<string> {
     maxTokens: 200,
     temperature: 0.3,
     signal,
+    onReconnect: ({ attempt, delayMs }: ReconnectInfo) => console.log(attempt + delayMs),
+    onReconnected: () => undefined,
   });
   let text = "";
   for await (const event of stream) {
@@ -53,6 +56,7 @@ export async function withToken(): Promise<void> {
     getToken: async () => "jwt",
     transport: "websocket",
     resume: { maxAttempts: 3 },
+    onReconnected: () => console.log("back"),
   });
   try {
     await client.chat.text({ message: "hi", template: "health", variables: { patient: "Li" } });
@@ -68,7 +72,7 @@ export function vue(client: EstuaryClient): StreamingChat {
   const model = ref("chat");
   const chat = useStreamingChat({ client, model, system: () => "Be brief." });
   chat.messages.value.push({ role: "user", content: "hi" });
-  const busy: boolean = chat.streaming.value;
+  const busy: boolean = chat.streaming.value || chat.reconnecting.value;
   const partial: string = chat.currentContent.value;
   void chat.sendMessage(`${busy}${partial}${chat.error.value?.message ?? ""}`);
   chat.stop();
