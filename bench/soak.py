@@ -416,6 +416,8 @@ def report(counts: Counts, instances: list[Child], rows: int | None) -> None:
             f" last {samples[-1] / 1024:.1f} MB, max {max(samples) / 1024:.1f} MB"
             f" ({len(samples)} samples)"
         )
+        per_minute = samples[:: max(1, round(60 / RSS_EVERY_S))]
+        print(f"{'':<18} each minute: {' '.join(f'{kb / 1024:.0f}' for kb in per_minute)} MB")
     if rows is None:
         print("ledger rows        (not counted)")
     else:
