@@ -53,6 +53,7 @@ T = TypeVar("T")
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _CONNECT_TIMEOUT_S: Final = 1.0
 _MAX_CONNECTIONS: Final = 1024
+_LOCAL_KEEP_S: Final = 30.0
 _POOL_WAIT_S: Final = 2.0
 _SOCKET_TIMEOUT_S: Final = 2.0  # above the 1 s XREAD BLOCK of log readers
 _RUNNING_STREAM_MS: Final = 24 * 3_600_000  # a stream's record while it runs (or its instance died)
@@ -88,7 +89,9 @@ class RedisState:
         self._prefix = prefix
         self._on_failure = on_failure
         self._keep_ms = max(1, math.ceil(keep_s * 1000))
-        self._local = MemoryState(keep_s=keep_s)
+        # The local mirror only answers for this instance during an outage; Redis keeps the
+        # finished streams for `keep_s`, so the mirror need not keep them long (memory).
+        self._local = MemoryState(keep_s=min(keep_s, _LOCAL_KEEP_S))
         # A logger per store, so that tests can capture what each store says.
         self._log = structlog.get_logger("estuary.state")
         self._health = Health(on_failure, self._log)
