@@ -4,8 +4,13 @@ Per stream (diagram in docs/architecture.md):
 
 - the **pump** (the request's own task) pulls events from the session — upstream, fallback and
   accounting — encodes each and writes it at once;
-- the **disconnect watcher** (the one extra task) waits for `http.disconnect` and stops the pump;
+- the **disconnect watcher** (the one extra task) waits for `http.disconnect` and stops the pump
+  — or, for a resumable app-API stream (`Resumable`), *detaches* it: the pump goes on writing
+  only into the resume log, and a grace timer stops it once no resume reads the log;
 - the session's **cancel signal** (a future) stops the pump from its done-callback;
+- the process's **drain** (`Drain`, on SIGTERM) stops the pump at its deadline: the stream ends
+  with a `shutting_down` error, or, with a shared log, without a terminal event, handed over to
+  whichever instance the client resumes on;
 - a **timer** commits the response headers if nothing arrived within the header hold, then starts
   a heartbeat write whenever the stream has been silent for `heartbeat_s`.
 
