@@ -127,10 +127,16 @@ def telemetry_config(tmp_path: Path, upstream: FakeUpstream, endpoint: str) -> C
     return load_config(path, environ={**ENVIRON, "COLLECTOR_TOKEN": COLLECTOR_TOKEN})
 
 
-async def stream(http: aiohttp.ClientSession, url: str, model: str) -> tuple[str, str]:
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def stream(
+    http: aiohttp.ClientSession, url: str, model: str, traceparent: str | None = None
+) -> tuple[str, str]:
     """One app-API stream to its end: its request id and its last event's type."""
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
-    async with http.post(f"{url}/api/chat/stream", json=body, headers=AUTH) as response:
+    headers = dict(AUTH) if traceparent is None else {**AUTH, "traceparent": traceparent}
+    async with http.post(f"{url}/api/chat/stream", json=body, headers=headers) as response:
         received = await read_app_stream(response)
     assert received.status == 200
     return received.headers["X-Request-Id"], received.events[-1]["type"]
@@ -149,7 +155,7 @@ async def test_each_stream_is_exported_as_one_span_built_from_its_ledger_row(
             fallback_id, last = await stream(http, gateway.url, "dead-first")
             assert last == "done"
             upstream.enqueue(Scenario(text=ANSWER, error_after=1))
-            failed_id, last = await stream(http, gateway.url, "chat")
+            failed_id, last = await stream(http, gateway.url, "chat", traceparent=TRACEPARENT)
             assert last == "error"
         rows = {rid: await gateway.row(rid) for rid in (fallback_id, failed_id)}
     finally:  # in a thread: the shutdown flushes the spans to the collector in this loop
@@ -165,7 +171,11 @@ async def test_each_stream_is_exported_as_one_span_built_from_its_ledger_row(
         assert resource["service.instance.id"] == "trace-test"
         assert span.name == SPAN_NAME
         assert span.kind == Span.SpanKind.SPAN_KIND_SERVER
-        assert span.parent_span_id == b""
+    # A caller's `traceparent` makes the stream's span its child; without one, a root span.
+    assert by_id[fallback_id].parent_span_id == b""
+    child = by_id[failed_id]
+    assert child.trace_id.hex() == TRACEPARENT.split("-")[1]
+    assert child.parent_span_id.hex() == TRACEPARENT.split("-")[2]
     for request_id, span in by_id.items():
         row = rows[request_id]
         settled = settled_of(row)

@@ -90,11 +90,18 @@ class Tracing:
     def _record(self, row: SettledRow, session: StreamSession) -> None:
         from opentelemetry.context import Context
         from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         start = _nanos(session.started_at)
+        # The caller's trace, when its `traceparent` is valid (else an empty context); never
+        # whatever happens to be current in this task.
+        parent = Context()
+        if session.traceparent is not None:
+            carrier = {"traceparent": session.traceparent}
+            parent = TraceContextTextMapPropagator().extract(carrier, context=Context())
         span = self._tracer.start_span(
             SPAN_NAME,
-            context=Context(),  # a root span: never a child of whatever is current here
+            context=parent,
             kind=SpanKind.SERVER,
             attributes=_attributes(row, session),
             start_time=start,

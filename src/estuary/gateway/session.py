@@ -112,8 +112,11 @@ class Gateway:
         *,
         api: Literal["openai", "anthropic", "app"],
         taking_over: tuple[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> StreamSession:
         """Check, reserve, open the ledger row, register for cancel; nothing has streamed yet.
+
+        `traceparent`: the caller's W3C trace context, for the stream's span (telemetry).
 
         `taking_over` = (stream id, answer so far): this request continues a stream whose
         instance died. It gets a ledger row of its own, but is cancelled by the stream's id, and
@@ -179,6 +182,7 @@ class Gateway:
             api=api,
             started_at=started_at,
             on_settled=self.on_settled,
+            traceparent=traceparent,
         )
 
     @property
@@ -308,9 +312,11 @@ class StreamSession:
         api: Literal["openai", "anthropic", "app"] = "app",
         started_at: datetime | None = None,
         on_settled: Callable[[SettledRow, StreamSession], None] | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.api = api
+        self.traceparent = traceparent  # as the caller sent it; telemetry validates it
         self.started_at = started_at or datetime.now(UTC)  # admission, wall clock (= the row's)
         self._on_settled = on_settled
         # The id clients know the stream by: this request's, or the one it takes over.

@@ -52,6 +52,7 @@ from estuary.ledger.base import Store
 
 __all__ = ["Handlers", "Services"]
 
+_TRACEPARENT_MAX = 128  # the header is 55 characters; anything much longer is not one
 _GET_PARAMS = ("message", "model", "system", "max_tokens", "temperature")
 
 
@@ -78,19 +79,23 @@ class Handlers:
     async def chat_completions(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
         chat = parse_openai_chat(await read_json(request, self._s.max_body_bytes))
-        return await self._respond(principal, chat, "openai")
+        return await self._respond(principal, chat, "openai", traceparent=_traceparent(request))
 
     async def completions(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
         completion = parse_openai_completion(await read_json(request, self._s.max_body_bytes))
-        return await self._respond(principal, completion, "openai")
+        return await self._respond(
+            principal, completion, "openai", traceparent=_traceparent(request)
+        )
 
     async def anthropic_messages(self, request: Request) -> ASGIApp:
         """Anthropic's `POST /v1/messages`, from any target, its errors in Anthropic's shape."""
         try:
             principal = await authenticate_anthropic(request, self._s.authenticator)
             chat = parse_anthropic_messages(await read_json(request, self._s.max_body_bytes))
-            session = await self._s.gateway.admit(principal, chat, api="anthropic")
+            session = await self._s.gateway.admit(
+                principal, chat, api="anthropic", traceparent=_traceparent(request)
+            )
         except EstuaryError as exc:
             return anthropic_error_response(exc)
         if not chat.stream:
@@ -111,7 +116,14 @@ class Handlers:
         principal = await authenticate(request, self._s.authenticator)
         body = await read_json(request, self._s.max_body_bytes)
         chat = parse_app_chat(body)
-        return await self._respond(principal, chat, "app", text=_wants_text(request), body=body)
+        return await self._respond(
+            principal,
+            chat,
+            "app",
+            text=_wants_text(request),
+            body=body,
+            traceparent=_traceparent(request),
+        )
 
     async def app_stream_get(self, request: Request) -> ASGIApp:
         ticket = request.query_params.get("ticket")
@@ -122,7 +134,14 @@ class Handlers:
             principal = await authenticate(request, self._s.authenticator)
         body = _query_body(request)
         chat = parse_app_chat(body)
-        return await self._respond(principal, chat, "app", text=_wants_text(request), body=body)
+        return await self._respond(
+            principal,
+            chat,
+            "app",
+            text=_wants_text(request),
+            body=body,
+            traceparent=_traceparent(request),
+        )
 
     async def cancel(self, request: Request) -> Response:
         principal = await authenticate(request, self._s.authenticator)
@@ -142,9 +161,10 @@ class Handlers:
         *,
         text: bool = False,
         body: object = None,
+        traceparent: str | None = None,
     ) -> ASGIApp:
         """`body`: the app-API request as sent, kept for a takeover when the state is shared."""
-        session = await self._s.gateway.admit(principal, request, api=api)
+        session = await self._s.gateway.admit(principal, request, api=api, traceparent=traceparent)
         if api == "openai" and not request.stream:
             return CollectedResponse(session)
         encoder: Encoder
@@ -197,6 +217,12 @@ class Handlers:
             takeover=takeover,
             after=after,
         )
+
+
+def _traceparent(request: Request) -> str | None:
+    """The caller's W3C `traceparent`, if any (its stream's span becomes a child of it)."""
+    value = request.headers.get("traceparent")
+    return value if value is not None and len(value) <= _TRACEPARENT_MAX else None
 
 
 def _wants_text(request: Request) -> bool:
