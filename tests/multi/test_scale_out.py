@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from estuary.ledger import open_store
 from estuary.ledger.base import Store, UsageFilter
@@ -74,6 +75,14 @@ async def _requests_seen(http: aiohttp.ClientSession, url: str) -> float:
     return total
 
 
+async def _exists(key: str) -> int:
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        return int(await redis.exists(key))
+    finally:
+        await redis.aclose()
+
+
 async def _ledger(url: str) -> Store:
     store = open_store(url)
     await store.start("test-reader")
@@ -115,6 +124,8 @@ async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end
         request_id = response.headers["X-Request-Id"]
         first = await _events(response, 5)
         response.close()
+        kept = f"{shared[1]}ticket:takeover:{request_id}"
+        assert await _exists(kept) == 1  # kept for a takeover while the stream runs
         headers = {**AUTH, "Last-Event-ID": first[-1][0]}
         async with http.get(f"{b.url}/api/chat/stream/{request_id}", headers=headers) as again:
             assert again.status == 200, cluster.logs()
@@ -136,6 +147,7 @@ async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end
         assert row.status == "completed"
     finally:
         await store.aclose()
+    assert await _exists(kept) == 0  # … and dropped at its end
 
 
 KIMI = """

@@ -181,7 +181,7 @@ class Handlers:
                 log, settings.resume_grace_s if grace is None else grace, handover=handover
             )
             if handover and body is not None:
-                await self._s.gateway.remember(session, orjson.dumps(body), settings.resume_ttl_s)
+                await self._s.gateway.remember(session, orjson.dumps(body))
             encoder = AppSSEEncoder(session.request_id, alias, log)
         elif isinstance(request, ChatRequest):
             encoder = OpenAIChatEncoder(

@@ -86,7 +86,7 @@ async def take_over(
         _log.warning("stream.takeover_refused", request_id=request_id, error=exc.code)
         return None
     log = gateway.open_log(session, settings.resume_ttl_s)
-    await gateway.remember(session, body, settings.resume_ttl_s)
+    await gateway.remember(session, body)
     _log.info(
         "stream.takeover",
         request_id=request_id,
