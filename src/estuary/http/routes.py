@@ -8,7 +8,6 @@ wire format of any upstream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 from starlette.requests import Request
@@ -79,14 +78,12 @@ class Handlers:
     async def chat_completions(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
         chat = parse_openai_chat(await read_json(request, self._s.max_body_bytes))
-        return await self._respond(principal, chat, "openai", traceparent=_traceparent(request))
+        return await self._respond(principal, chat, request)
 
     async def completions(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
         completion = parse_openai_completion(await read_json(request, self._s.max_body_bytes))
-        return await self._respond(
-            principal, completion, "openai", traceparent=_traceparent(request)
-        )
+        return await self._respond(principal, completion, request)
 
     async def anthropic_messages(self, request: Request) -> ASGIApp:
         """Anthropic's `POST /v1/messages`, from any target, its errors in Anthropic's shape."""
@@ -114,15 +111,8 @@ class Handlers:
 
     async def app_stream_post(self, request: Request) -> ASGIApp:
         principal = await authenticate(request, self._s.authenticator)
-        body = await read_json(request, self._s.max_body_bytes)
-        chat = parse_app_chat(body)
-        return await self._respond(
-            principal,
-            chat,
-            "app",
-            text=_wants_text(request),
-            body=body,
-            traceparent=_traceparent(request),
+        return await self._app_stream(
+            principal, await read_json(request, self._s.max_body_bytes), request
         )
 
     async def app_stream_get(self, request: Request) -> ASGIApp:
@@ -132,16 +122,7 @@ class Handlers:
             principal = await self._s.tickets.redeem(ticket)
         else:
             principal = await authenticate(request, self._s.authenticator)
-        body = _query_body(request)
-        chat = parse_app_chat(body)
-        return await self._respond(
-            principal,
-            chat,
-            "app",
-            text=_wants_text(request),
-            body=body,
-            traceparent=_traceparent(request),
-        )
+        return await self._app_stream(principal, _query_body(request), request)
 
     async def cancel(self, request: Request) -> Response:
         principal = await authenticate(request, self._s.authenticator)
@@ -154,36 +135,17 @@ class Handlers:
         return JSONResponse({"ticket": ticket, "expiresAt": expires_at})
 
     async def _respond(
-        self,
-        principal: Principal,
-        request: UpstreamRequest,
-        api: Literal["openai", "anthropic", "app"],
-        *,
-        text: bool = False,
-        body: object = None,
-        traceparent: str | None = None,
+        self, principal: Principal, request: UpstreamRequest, http: Request
     ) -> ASGIApp:
-        """`body`: the app-API request as sent, kept for a takeover when the state is shared."""
-        session = await self._s.gateway.admit(principal, request, api=api, traceparent=traceparent)
-        if api == "openai" and not request.stream:
+        """An OpenAI-API request: collected, or streamed in OpenAI's chunks."""
+        session = await self._s.gateway.admit(
+            principal, request, api="openai", traceparent=_traceparent(http)
+        )
+        if not request.stream:
             return CollectedResponse(session)
         encoder: Encoder
         alias = session.route.alias
-        resumable: Resumable | None = None
-        if text:
-            encoder = TextEncoder()
-        elif api == "app":
-            settings = self._s.stream
-            log = self._s.gateway.open_log(session, settings.resume_ttl_s)
-            grace = principal.policy.resume_grace_s
-            handover = self._s.gateway.shared_state
-            resumable = Resumable(
-                log, settings.resume_grace_s if grace is None else grace, handover=handover
-            )
-            if handover and body is not None:
-                await self._s.gateway.remember(session, orjson.dumps(body))
-            encoder = AppSSEEncoder(session.request_id, alias, log)
-        elif isinstance(request, ChatRequest):
+        if isinstance(request, ChatRequest):
             encoder = OpenAIChatEncoder(
                 session.request_id, alias, include_usage=request.include_usage
             )
@@ -191,7 +153,24 @@ class Handlers:
             encoder = OpenAICompletionEncoder(
                 session.request_id, alias, include_usage=request.include_usage
             )
-        return StreamResponse(session, encoder, self._s.stream, resumable, self._s.drain)
+        return StreamResponse(session, encoder, self._s.stream, drain=self._s.drain)
+
+    async def _app_stream(self, principal: Principal, body: object, http: Request) -> ASGIApp:
+        """An app-API stream: plain text, or events that are kept for resume (and, when the
+        state is shared, with the request kept for a takeover)."""
+        chat = parse_app_chat(body)
+        text = _wants_text(http)  # a bad `format` is refused before anything is admitted
+        gateway, settings = self._s.gateway, self._s.stream
+        session = await gateway.admit(principal, chat, api="app", traceparent=_traceparent(http))
+        if text:
+            return StreamResponse(session, TextEncoder(), settings, drain=self._s.drain)
+        log = gateway.open_log(session, settings.resume_ttl_s)
+        handover = gateway.shared_state
+        resumable = Resumable(log, settings.grace_for(principal), handover=handover)
+        if handover:
+            await gateway.remember(session, orjson.dumps(body))
+        encoder = AppSSEEncoder(session.request_id, session.route.alias, log)
+        return StreamResponse(session, encoder, settings, resumable, self._s.drain)
 
     async def app_stream_resume(self, request: Request) -> ASGIApp:
         """`GET /api/chat/stream/{id}`: the events after `Last-Event-ID`, then the live rest."""

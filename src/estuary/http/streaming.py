@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError
 from estuary.core.events import StreamEnd, StreamStart
+from estuary.core.policy import Principal
 from estuary.gateway.session import Outcome, StreamSession
 from estuary.http.drain import Drain, ShuttingDown
 from estuary.http.encoders import Encoder, error_body
@@ -67,6 +68,11 @@ class StreamSettings:
     header_hold_s: float = 10.0
     resume_grace_s: float = 30.0  # app API: a dropped client's stream goes on this long
     resume_ttl_s: float = 120.0  # app API: a stream's events stay readable this long after it
+
+    def grace_for(self, principal: Principal) -> float:
+        """The resume grace period of `principal`'s streams: its key's own, or the server's."""
+        grace = principal.policy.resume_grace_s
+        return self.resume_grace_s if grace is None else grace
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,6 @@ async def take_over(
         after=last,
         chars=len(text),
     )
-    grace = principal.policy.resume_grace_s
-    resumable = Resumable(
-        log, settings.resume_grace_s if grace is None else grace, handover=gateway.shared_state
-    )
+    resumable = Resumable(log, settings.grace_for(principal), handover=gateway.shared_state)
     encoder = AppSSEEncoder(request_id, session.route.alias, log, after=last)
     return StreamResponse(session, encoder, settings, resumable, drain, headers_sent=True)

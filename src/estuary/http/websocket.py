@@ -217,8 +217,7 @@ class _Connection:
         self._gateway = gateway
         self._max_frame_bytes = max_frame_bytes
         self._stream = stream
-        grace = principal.policy.resume_grace_s
-        self._grace_s = stream.resume_grace_s if grace is None else grace
+        self._grace_s = stream.grace_for(principal)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_frames)
         self._chats: dict[asyncio.Task[None], EventLog | None] = {}
         self._dropped: set[asyncio.Task[None]] = set()  # cancelled because the client left
