@@ -75,10 +75,11 @@ async def _requests_seen(http: aiohttp.ClientSession, url: str) -> float:
     return total
 
 
-async def _exists(key: str) -> int:
+async def _kept(meta: str) -> int:
+    """Whether a log's meta hash still holds the stream's request (for a takeover)."""
     redis = Redis.from_url(REDIS_URL)
     try:
-        return int(await redis.exists(key))
+        return int(await redis.hexists(meta, "request"))
     finally:
         await redis.aclose()
 
@@ -124,8 +125,8 @@ async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end
         request_id = response.headers["X-Request-Id"]
         first = await _events(response, 5)
         response.close()
-        kept = f"{shared[1]}ticket:takeover:{request_id}"
-        assert await _exists(kept) == 1  # kept for a takeover while the stream runs
+        meta = f"{shared[1]}logmeta:{request_id}"
+        assert await _kept(meta) == 1  # its request is kept with the log while it runs
         headers = {**AUTH, "Last-Event-ID": first[-1][0]}
         async with http.get(f"{b.url}/api/chat/stream/{request_id}", headers=headers) as again:
             assert again.status == 200, cluster.logs()
@@ -147,7 +148,7 @@ async def test_a_dropped_stream_resumes_through_another_instance_live_to_its_end
         assert row.status == "completed"
     finally:
         await store.aclose()
-    assert await _exists(kept) == 0  # … and dropped at its end
+    assert await _kept(meta) == 0  # … and dropped at its end
 
 
 KIMI = """

@@ -311,6 +311,29 @@ async def test_a_log_is_read_live_across_instances(redis_stores: Stores) -> None
     assert await b.read_log("r10", "key-b", 0) is None
 
 
+async def test_the_request_kept_with_a_log_is_claimed_once_and_goes_with_its_close(
+    state: StateStore,
+) -> None:
+    """A running log's request is handed out once; a closed log's is gone."""
+    state.open_log("r11", "key-a", ttl_s=60, request=b'{"message":"hi"}')
+    state.open_log("r12", "key-a", ttl_s=60, request=b'{"message":"yo"}').close()
+    await read_all(state, "r12", "key-a", 0)  # (Redis: the writes have landed)
+    assert await state.claim_request("r11") == b'{"message":"hi"}'
+    assert await state.claim_request("r11") is None
+    assert await state.claim_request("r12") is None
+    assert await state.claim_request("r-unknown") is None
+
+
+async def test_a_request_is_claimed_by_one_instance_only(redis_stores: Stores) -> None:
+    """Redis: of two instances claiming a dead stream's request, exactly one gets it."""
+    a, b, c = await redis_stores.new(), await redis_stores.new(), await redis_stores.new()
+    log = a.open_log("r13", "key-a", ttl_s=60, request=b"body")
+    log.append(1, frame(1))
+    await eventually(lambda: b.read_log("r13", "key-a", 0))
+    claims = await asyncio.gather(b.claim_request("r13"), c.claim_request("r13"))
+    assert sorted(claims, key=lambda x: x is None) == [b"body", None]
+
+
 # -- bus ----------------------------------------------------------------------------------------
 
 

@@ -54,8 +54,6 @@ from estuary.state.base import EventLog, StateStore
 __all__ = ["REVOKED_CHANNEL", "Gateway", "Outcome", "StreamSession"]
 
 _log: Final = structlog.get_logger("estuary.gateway")
-_TAKEOVER: Final = "takeover:"  # state key prefix of a resumable stream's request
-_TAKEOVER_TTL_S: Final = 3600.0  # the longest a stream can be taken over after it started
 REVOKED_CHANNEL: Final = "keys.revoked"  # message: the key id; subscribers forget its lookups
 _CHECK_CHARS: Final = 256  # how much answer text between checks of a watched reservation
 
@@ -191,17 +189,10 @@ class Gateway:
         """Whether the state (and so resume logs) outlives this process (Redis)."""
         return self._state.shared
 
-    async def remember(self, session: StreamSession, body: bytes) -> None:
-        """Keep the request of a resumable stream, for an instance that may have to take it
-        over (`claim`, once). Dropped when the stream ends here — unless it was handed over
-        at shutdown — and after an hour at the latest."""
-        await self._state.put_ticket(_TAKEOVER + session.stream_id, body, _TAKEOVER_TTL_S)
-        session.remembered = True
-
     async def claim(self, request_id: str) -> bytes | None:
-        """The request `remember`ed for a stream, to this caller only (None if another instance
-        took it over already, or it expired)."""
-        return await self._state.take_ticket(_TAKEOVER + request_id)
+        """The request kept with a running stream's log (`open_log(request=…)`), to this caller
+        only: None if another instance took the stream over already, or it ended."""
+        return await self._state.claim_request(request_id)
 
     async def revoked(self, key_id: str) -> None:
         """Tell every instance that `key_id` was revoked (see `REVOKED_CHANNEL`)."""
@@ -210,14 +201,18 @@ class Gateway:
         except Exception as exc:  # the others still see it within their key cache's lifetime
             _log.warning("keys.revocation_not_broadcast", key_id=key_id, error=type(exc).__name__)
 
-    def open_log(self, session: StreamSession, ttl_s: float) -> EventLog:
+    def open_log(
+        self, session: StreamSession, ttl_s: float, request: bytes | None = None
+    ) -> EventLog:
         """Start `session`'s resume log, readable by the same caller for `ttl_s` after it ends;
-        for a stream taken over, go on with the log of the stream it continues."""
+        for a stream taken over, go on with the log of the stream it continues. `request`, if
+        given, is kept with the log while it runs, for an instance that may take it over."""
         return self._state.open_log(
             session.stream_id,
             _owner(session.principal),
             ttl_s,
             taken_over=session.stream_id != session.request_id,
+            request=request,
         )
 
     async def read_log(
@@ -256,11 +251,8 @@ class Gateway:
         if result == "finished":
             raise StreamFinished(f"stream '{request_id}' has already finished")
 
-    async def _finish(
-        self, row: SettledRow, *, opened: bool, stream_id: str, forget: bool = False
-    ) -> None:
-        """Mark the stream finished, drop its `remember`ed request (`forget`), and close its
-        row (if it was ever opened).
+    async def _finish(self, row: SettledRow, *, opened: bool, stream_id: str) -> None:
+        """Mark the stream finished and close its row (if it was ever opened).
 
         Neither may fail the response that is ending: a state store or database that is down
         now is logged (and counted by the stores); a row left open becomes `interrupted` at
@@ -268,8 +260,6 @@ class Gateway:
         """
         try:
             await self._state.finish_stream(stream_id)
-            if forget:
-                await self._state.take_ticket(_TAKEOVER + stream_id)
         except Exception as exc:
             _log.warning("state.finish_failed", request_id=row.request_id, error=type(exc).__name__)
         if not opened:
@@ -325,7 +315,6 @@ class StreamSession:
         self.request_id = request_id
         self.api = api
         self.traceparent = traceparent  # as the caller sent it; telemetry validates it
-        self.remembered = False  # its request is kept for a takeover (`Gateway.remember`)
         self.started_at = started_at or datetime.now(UTC)  # admission, wall clock (= the row's)
         self._on_settled = on_settled
         # The id clients know the stream by: this request's, or the one it takes over.
@@ -487,9 +476,7 @@ class StreamSession:
                 await self._opened
                 opened = True
         finally:
-            # A stream handed over at shutdown keeps its request for the instance taking it over.
-            forget = self.remembered and outcome.finish_reason != "shutdown"
-            await self._finish(row, opened=opened, stream_id=self.stream_id, forget=forget)
+            await self._finish(row, opened=opened, stream_id=self.stream_id)
         _log.info(
             "stream.end",
             logger="estuary.gateway",

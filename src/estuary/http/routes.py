@@ -164,11 +164,10 @@ class Handlers:
         session = await gateway.admit(principal, chat, api="app", traceparent=_traceparent(http))
         if text:
             return StreamResponse(session, TextEncoder(), settings, drain=self._s.drain)
-        log = gateway.open_log(session, settings.resume_ttl_s)
         handover = gateway.shared_state
+        request = orjson.dumps(body) if handover else None  # for a takeover elsewhere
+        log = gateway.open_log(session, settings.resume_ttl_s, request)
         resumable = Resumable(log, settings.grace_for(principal), handover=handover)
-        if handover:
-            await gateway.remember(session, orjson.dumps(body))
         encoder = AppSSEEncoder(session.request_id, session.route.alias, log)
         return StreamResponse(session, encoder, settings, resumable, self._s.drain)
 

@@ -1,9 +1,9 @@
 """Taking over a stream whose instance died, when its client resumes elsewhere.
 
-With shared state (Redis), every resumable app-API stream leaves two things behind: its resume log
-and, `remember`ed at admission, the request that started it. When a resume finds the log
-abandoned — the instance running it was killed, or shut down and handed it over — the instance
-serving the resume **claims** the request (once: a second claim finds nothing), reads the
+With shared state (Redis), every resumable app-API stream leaves two things behind: its resume
+log and, kept with the log while the stream runs, the request that started it. When a resume finds
+the log abandoned — the instance running it was killed, or shut down and handed it over — the
+instance serving the resume **claims** the request (once: a second claim finds nothing), reads the
 answer so far from the log, and admits a continuation: the same request, by the same caller,
 sent to the route's first target that can continue a partial answer (Kimi's and DeepSeek's
 presets), with that answer as an assistant prefix. The continuation writes on in the same log
@@ -85,8 +85,7 @@ async def take_over(
     except EstuaryError as exc:
         _log.warning("stream.takeover_refused", request_id=request_id, error=exc.code)
         return None
-    log = gateway.open_log(session, settings.resume_ttl_s)
-    await gateway.remember(session, body)
+    log = gateway.open_log(session, settings.resume_ttl_s, body)
     _log.info(
         "stream.takeover",
         request_id=request_id,

@@ -67,7 +67,7 @@ class LogOp:
     kind: Literal["open", "reopen", "frame", "close", "publish"]
     request_id: str
     seq: int = 0
-    frame: bytes = b""
+    frame: bytes = b""  # a frame; for "open"/"reopen", the stream's request (if kept)
     owner: str = ""
     ttl_ms: int = 0
 
@@ -105,6 +105,7 @@ class RedisLogs:
         self._client = client
         self._log = log  # a structlog logger
         self._keys = keys
+        self.keys = keys
         self._leave = leave  # the LEAVE script
         self._pending: list[LogOp] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -113,11 +114,21 @@ class RedisLogs:
         self._running: dict[str, int] = {}  # request id -> its close TTL (ms), until closed
         self.dropped = 0  # entries dropped because Redis could not take them in time
 
-    def open(self, request_id: str, owner: str, ttl_s: float, *, keep: bool = False) -> None:
-        """Start a log (`keep`: go on with the frames an earlier producer left)."""
+    def open(
+        self,
+        request_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        keep: bool = False,
+        request: bytes | None = None,
+    ) -> None:
+        """Start a log (`keep`: go on with the frames an earlier producer left), with the
+        `request` that started the stream kept beside it while it runs."""
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         self._running[request_id] = ttl_ms
-        self.enqueue(LogOp("reopen" if keep else "open", request_id, owner=owner, ttl_ms=ttl_ms))
+        kind: Literal["open", "reopen"] = "reopen" if keep else "open"
+        self.enqueue(LogOp(kind, request_id, owner=owner, ttl_ms=ttl_ms, frame=request or b""))
 
     def close(self, request_id: str) -> None:
         ttl_ms = self._running.pop(request_id, 0)
@@ -186,6 +197,8 @@ class RedisLogs:
             if op.kind == "open":
                 pipe.delete(keys.log(rid), keys.followers(rid))  # a new log for this id
             pipe.hset(keys.meta(rid), "owner", op.owner)
+            if op.frame:  # the request, for a takeover (`CLAIM`), until the log closes
+                pipe.hset(keys.meta(rid), "request", op.frame)
             pipe.pexpire(keys.meta(rid), RUNNING_TTL_MS + op.ttl_ms)
             pipe.set(keys.alive(rid), b"1", px=ALIVE_TTL_MS)
         elif op.kind == "frame":
@@ -195,6 +208,7 @@ class RedisLogs:
             pipe.publish(rid, op.frame)
         else:
             pipe.xadd(keys.log(rid), {"end": b"1"}, id=SENTINEL_ID)
+            pipe.hdel(keys.meta(rid), "request")  # ended: nothing left to take over
             pipe.pexpire(keys.log(rid), op.ttl_ms)
             pipe.pexpire(keys.meta(rid), op.ttl_ms)
             pipe.delete(keys.alive(rid))

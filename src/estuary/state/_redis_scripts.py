@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ADD", "CANCEL", "FINISH", "GIVE", "LEAVE", "TAKE"]
+__all__ = ["ADD", "CANCEL", "CLAIM", "FINISH", "GIVE", "LEAVE", "TAKE"]
 
 # The bucket helpers, shared by TAKE and GIVE. A bucket is a hash {l: level, t: time}; a full
 # bucket is no key at all, and a key expires when its bucket would be full again. A bucket
@@ -117,4 +117,11 @@ LEAVE: Final = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 if n <= 1 then redis.call('DEL', KEYS[1]) else redis.call('DECR', KEYS[1]) end
 return false
+"""
+
+# KEYS[1]: a log's meta hash. Hand out the request kept with the log, once.
+CLAIM: Final = """
+local request = redis.call('HGET', KEYS[1], 'request')
+if request then redis.call('HDEL', KEYS[1], 'request') end
+return request
 """

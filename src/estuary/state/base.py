@@ -125,13 +125,25 @@ class StateStore(Protocol):
         ...
 
     def open_log(
-        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+        self,
+        request_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        taken_over: bool = False,
+        request: bytes | None = None,
     ) -> EventLog:
         """Start the resume log of a new stream; only `owner` may read it.
 
         `taken_over`: the stream's producer died and this instance goes on with it: keep the
-        events already in the log; the next `append` is the seq after its last.
+        events already in the log; the next `append` is the seq after its last. `request`: the
+        request that started the stream, kept with the log until it closes, for an instance
+        that may have to take the stream over (`claim_request`).
         """
+        ...
+
+    async def claim_request(self, request_id: str) -> bytes | None:
+        """The `request` kept with a running log, handed out once (None: none, or claimed)."""
         ...
 
     async def read_log(

@@ -33,7 +33,17 @@ class _Stream:
 class _MemoryLog:
     """One stream's resume log in this process: its frames, and a wake-up for live readers."""
 
-    __slots__ = ("_clock", "_ttl_s", "_waiter", "closed", "expires", "followers", "frames", "owner")
+    __slots__ = (
+        "_clock",
+        "_ttl_s",
+        "_waiter",
+        "closed",
+        "expires",
+        "followers",
+        "frames",
+        "owner",
+        "request",
+    )
 
     def __init__(self, owner: str, ttl_s: float, clock: Callable[[], float]) -> None:
         self.owner = owner
@@ -44,6 +54,7 @@ class _MemoryLog:
         self._ttl_s = ttl_s
         self._clock = clock
         self._waiter: asyncio.Future[None] | None = None
+        self.request: bytes | None = None  # kept for a takeover until the log closes
 
     def append(self, seq: int, frame: bytes) -> None:
         self.frames.append(frame)
@@ -53,6 +64,7 @@ class _MemoryLog:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.request = None
             self.expires = self._clock() + self._ttl_s
             self._wake()
 
@@ -161,14 +173,29 @@ class MemoryState:
         return value
 
     def open_log(
-        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+        self,
+        request_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        taken_over: bool = False,
+        request: bytes | None = None,
     ) -> _MemoryLog:
         self._sweep()
         log = self._logs.get(request_id)
-        if taken_over and log is not None and log.owner == owner and not log.closed:
-            return log  # the new producer goes on after the last event
-        log = self._logs[request_id] = _MemoryLog(owner, ttl_s, self._clock)
+        if not (taken_over and log is not None and log.owner == owner and not log.closed):
+            log = self._logs[request_id] = _MemoryLog(owner, ttl_s, self._clock)
+        # (taken over: the new producer goes on after the last event)
+        if request is not None:
+            log.request = request
         return log
+
+    async def claim_request(self, request_id: str) -> bytes | None:
+        log = self._logs.get(request_id)
+        if log is None:
+            return None
+        request, log.request = log.request, None
+        return request
 
     async def read_log(
         self, request_id: str, owner: str, after: int

@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from estuary.state._redis_bus import Bus
 from estuary.state._redis_health import Health
 from estuary.state._redis_log import LogKeys, LogOp, RedisEventLog, RedisLogs
-from estuary.state._redis_scripts import ADD, CANCEL, FINISH, GIVE, LEAVE, TAKE
+from estuary.state._redis_scripts import ADD, CANCEL, CLAIM, FINISH, GIVE, LEAVE, TAKE
 from estuary.state.base import (
     Bucket,
     CancelResult,
@@ -104,6 +104,7 @@ class RedisState:
                 "cancel": CANCEL,
                 "finish": FINISH,
                 "leave": LEAVE,
+                "claim": CLAIM,
             }.items()
         }
         self._futures: dict[str, asyncio.Future[None]] = {}  # this instance's running streams
@@ -277,16 +278,33 @@ class RedisState:
     # -- resume logs --------------------------------------------------------------------------
 
     def open_log(
-        self, request_id: str, owner: str, ttl_s: float, *, taken_over: bool = False
+        self,
+        request_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        taken_over: bool = False,
+        request: bytes | None = None,
     ) -> EventLog:
         self._ensure_started()
         if self._health.down:  # no probe here (this is sync): the next async operation probes
             if self._on_failure == "closed":
                 raise StateUnavailable(_UNAVAILABLE)
             self._health.degraded_ops += 1
-            return self._local.open_log(request_id, owner, ttl_s, taken_over=taken_over)
-        self._logs.open(request_id, owner, ttl_s, keep=taken_over)
+            return self._local.open_log(
+                request_id, owner, ttl_s, taken_over=taken_over, request=request
+            )
+        self._logs.open(request_id, owner, ttl_s, keep=taken_over, request=request)
         return RedisEventLog(self._logs, request_id, self._followed)
+
+    async def claim_request(self, request_id: str) -> bytes | None:
+        key = self._logs.keys.meta(request_id)
+
+        async def shared() -> bytes | None:
+            claimed = await self._scripts["claim"](keys=[key])
+            return None if claimed is None else bytes(claimed)
+
+        return await self._shared(shared, lambda: self._local.claim_request(request_id))
 
     async def _followed(self, request_id: str) -> bool:
         return await self._shared(lambda: self._logs.followed(request_id), self._false)
