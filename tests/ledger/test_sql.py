@@ -140,6 +140,55 @@ async def test_concurrent_writes_share_commits(sql_store: SQLStore) -> None:
     assert total.requests == 1000
 
 
+async def test_a_settle_waits_for_the_next_open_and_shares_its_commit(
+    sql_database: Database,
+) -> None:
+    """A stream's settle lingers (here: as long as it takes) until a new request's open comes,
+    then both are written in one commit."""
+    store = SQLStore(sql_database.url, settle_linger_s=3600)
+    await store.start(INSTANCE)
+    commits = 0
+
+    def count(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    try:
+        await store.open(opened("req_ended"))
+        event.listen(store.engine.sync_engine, "commit", count)
+        async with asyncio.timeout(10):
+            settling = asyncio.create_task(store.settle(settled("req_ended")))
+            for _ in range(5):  # the writer takes the settle and waits with it
+                await asyncio.sleep(0)
+            assert not settling.done()
+            assert commits == 0
+            await store.open(opened("req_next"))
+            await settling
+        event.remove(store.engine.sync_engine, "commit", count)
+        assert commits == 1
+        ended = await store.get("req_ended")
+        assert ended is not None and ended.settled is not None
+        assert ended.settled.status == "completed"
+    finally:
+        await store.aclose()
+
+
+async def test_a_read_sees_a_settle_that_is_still_waiting(sql_database: Database) -> None:
+    """Reads flush the writer: a usage query right after a stream ended counts it."""
+    store = SQLStore(sql_database.url, settle_linger_s=3600)
+    await store.start(INSTANCE)
+    try:
+        await store.open(opened("req_a"))
+        async with asyncio.timeout(10):
+            settling = asyncio.create_task(store.settle(settled("req_a", completion_tokens=7)))
+            await asyncio.sleep(0)
+            (total,) = await store.usage(UsageFilter())
+            await settling
+        assert (total.requests, total.completion_tokens) == (1, 7)
+    finally:
+        await store.aclose()
+
+
 async def test_one_bad_row_in_a_batch_fails_alone(sql_store: SQLStore) -> None:
     """A duplicate id in a group commit fails its own open only; the batch's others are written."""
     await sql_store.open(opened("dup"))

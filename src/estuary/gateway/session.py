@@ -169,7 +169,8 @@ class Gateway:
             canceled=canceled,
             started=started,
             clock=self._clock,
-            finish=self._finish,
+            end_stream=self._end_stream,
+            record=self._record,
             reservation=reservation,
             prices=self._prices,
             principal=principal,
@@ -251,19 +252,17 @@ class Gateway:
         if result == "finished":
             raise StreamFinished(f"stream '{request_id}' has already finished")
 
-    async def _finish(self, row: SettledRow, *, opened: bool, stream_id: str) -> None:
-        """Mark the stream finished and close its row (if it was ever opened).
-
-        Neither may fail the response that is ending: a state store or database that is down
-        now is logged (and counted by the stores); a row left open becomes `interrupted` at
-        the instance's next start.
-        """
+    async def _end_stream(self, stream_id: str) -> None:
+        """Mark the stream finished: a cancel now gets `StreamFinished`. A state store that is
+        down is logged (and counted by the store), never raised into the response."""
         try:
             await self._state.finish_stream(stream_id)
         except Exception as exc:
-            _log.warning("state.finish_failed", request_id=row.request_id, error=type(exc).__name__)
-        if not opened:
-            return
+            _log.warning("state.finish_failed", request_id=stream_id, error=type(exc).__name__)
+
+    async def _record(self, row: SettledRow) -> None:
+        """Close the row. A database that is down now is logged, never raised into the
+        response; a row left open becomes `interrupted` at the instance's next start."""
         try:
             await self._ledger.settle(row)
         except Exception as exc:
@@ -298,7 +297,8 @@ class StreamSession:
         canceled: asyncio.Future[None],
         started: float,
         clock: Callable[[], float],
-        finish: Callable[..., Awaitable[None]],
+        end_stream: Callable[[str], Awaitable[None]],
+        record: Callable[[SettledRow], Awaitable[None]],
         reservation: Reservation,
         prices: Prices,
         principal: Principal,
@@ -329,7 +329,8 @@ class StreamSession:
         self.failures: list[Attempt] = []
         self._started = started
         self._clock = clock
-        self._finish = finish
+        self._end_stream = end_stream
+        self._record = record
         self._first_token_at: float | None = None
         self._text: list[str] = []
         self._settled = False
@@ -437,21 +438,30 @@ class StreamSession:
         )
 
     async def settle(self, outcome: Outcome) -> TokenCount:
-        """Close the ledger row; only the first call counts."""
+        """Settle the reservation (the caller's concurrency slot is free at once), mark the
+        stream finished, count it in the metrics and close its ledger row; only the first call
+        counts. The log line comes once the row is committed."""
         tokens = self.token_count(complete=outcome.status == "completed")
         if self._settled:
             return tokens
         self._settled = True
-        now = self._clock()
-        ttft = self._first_token_at
+        now, ended_at = self._clock(), datetime.now(UTC)
         started = self.provider is not None
         prompt = tokens.prompt_tokens if started else None  # no upstream answered: unknown
         completion = tokens.completion_tokens if started else None
         target = f"{self.provider}/{self.upstream_model}" if started else None
         cost = self._prices.cost_micro(target, prompt, completion)
+        try:
+            await self._reservation.settle(prompt, completion, cost)
+        except Exception as exc:  # the state store is down: its buckets refill by themselves
+            _log.warning(
+                "limits.settle_failed", request_id=self.request_id, error=type(exc).__name__
+            )
+        await self._end_stream(self.stream_id)
+        ttft = self._first_token_at
         row = SettledRow(
             request_id=self.request_id,
-            ended_at=datetime.now(UTC),
+            ended_at=ended_at,
             status=outcome.status,
             finish_reason=outcome.finish_reason,
             provider=self.provider,
@@ -469,14 +479,13 @@ class StreamSession:
         self._count(row, outcome.error)
         if self._on_settled is not None:
             self._on_settled(row, self)
-        opened = False
-        try:
-            await self._reservation.settle(prompt, completion, cost)
-            with contextlib.suppress(Exception):  # a row that could not be opened: nothing to close
-                await self._opened
-                opened = True
-        finally:
-            await self._finish(row, opened=opened, stream_id=self.stream_id)
+        with contextlib.suppress(Exception):  # a row that could not be opened: nothing to close
+            await self._opened
+            await self._record(row)
+        self._log_end(row, outcome)
+        return tokens
+
+    def _log_end(self, row: SettledRow, outcome: Outcome) -> None:
         _log.info(
             "stream.end",
             logger="estuary.gateway",
@@ -496,7 +505,6 @@ class StreamSession:
             duration_ms=round(row.duration_ms, 1),
             attempts=row.attempts,
         )
-        return tokens
 
     def _count(self, row: SettledRow, error: EstuaryError | None) -> None:
         """The row in the metrics (once per stream, never per token)."""

@@ -5,10 +5,16 @@
          └──── future resolved ◀───────────┘ status='open' (executemany); COMMIT
 
 A caller waits for its own future, so `open()` returns only once its row is committed, while a
-thousand concurrent callers share a handful of commits. Inserts run before updates, so an open and
-the settle of the same row may share a batch. When a batch fails on its data (a duplicate request
-id), its jobs are retried one by one so only the faulty one fails; on any other error (the database
-is down) every job of the batch gets the exception. Either way the writer goes on with the next
+thousand concurrent callers share a handful of commits. A batch of settles alone waits up to
+`settle_linger_s` (a few ms) for company before it commits: a stream that just ended is in no
+hurry, while the request that often arrives right after it is. That request's admission runs
+first, and the open row it queues ends the wait and shares the commit. `flush()` ends the wait
+too: a read of the ledger (usage, a row) sees every row whose stream has ended.
+
+Inserts run before updates, so an open and the settle of the same row may share a batch. When a
+batch fails on its data (a duplicate request id), its jobs are retried one by one so only the
+faulty one fails; on any other error (the database is down) every job of the batch gets the
+exception. Either way the writer goes on with the next
 batch. `aclose()` lets it drain what was queued, then ends it.
 
 With a backlog (`backlog_max > 0`, `[ledger] on_failure = "queue"`), a batch the database cannot
@@ -75,7 +81,7 @@ _SETTLE: Final = _settle_statement()
 
 @dataclass(slots=True, kw_only=True)
 class _Job:
-    kind: Literal["open", "settle"]
+    kind: Literal["open", "settle", "flush"]  # a flush writes nothing: it waits for the others
     params: Mapping[str, Any]
     done: asyncio.Future[None]
 
@@ -90,8 +96,10 @@ class GroupWriter:
         max_batch: int = 2000,
         backlog_max: int = 0,
         retry_s: float = 1.0,
+        settle_linger_s: float = 0.005,
     ) -> None:
         self._engine = engine
+        self._settle_linger_s = settle_linger_s
         self._max_batch = max_batch
         self._backlog_max = backlog_max
         self._retry_s = retry_s
@@ -101,6 +109,7 @@ class GroupWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._connection: AsyncConnection | None = None  # the writer's own, kept between batches
+        self._lingering: asyncio.Future[None] | None = None  # a settle waiting for company
 
     @property
     def backlogged(self) -> int:
@@ -124,7 +133,7 @@ class GroupWriter:
         await self.enqueue("settle", {f"s_{name}": value for name, value in row.items()})
 
     def enqueue(
-        self, kind: Literal["open", "settle"], params: Mapping[str, Any]
+        self, kind: Literal["open", "settle", "flush"], params: Mapping[str, Any]
     ) -> asyncio.Future[None]:
         """Queue a write now; the future completes once it is committed.
 
@@ -136,7 +145,17 @@ class GroupWriter:
             raise RuntimeError("the ledger store is not started: call `await store.start()` first")
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(kind=kind, params=params, done=done))
+        if kind != "settle" and (lingering := self._lingering) is not None and not lingering.done():
+            lingering.set_result(None)  # company: commit with it now
         return done
+
+    async def flush(self) -> None:
+        """Return once every row queued before this call is committed, or has failed (the
+        read that follows reports a database that is down by itself)."""
+        if self._task is None or self._closing:
+            return
+        with contextlib.suppress(Exception):
+            await self.enqueue("flush", {})
 
     async def aclose(self) -> None:
         """Write everything queued so far, then stop. Safe to call twice."""
@@ -152,6 +171,8 @@ class GroupWriter:
     async def _run(self) -> None:
         try:
             while (first := await self._next()) is not None:
+                if first != _RETRY and first.kind == "settle":
+                    await self._linger(first)
                 batch, more = ([], True) if first == _RETRY else self._take_pending(first)
                 await self._commit(batch)
                 if not more:
@@ -173,6 +194,22 @@ class GroupWriter:
                 return await self._queue.get()
         except TimeoutError:
             return _RETRY
+
+    async def _linger(self, first: _Job) -> None:
+        """Let a settle wait for company (see the module docstring); it is never dropped."""
+        if self._settle_linger_s <= 0 or not self._queue.empty():
+            return
+        loop = asyncio.get_running_loop()
+        self._lingering = lingering = loop.create_future()
+        timer = loop.call_later(self._settle_linger_s, _resolve, lingering)
+        try:
+            await lingering
+        except BaseException:
+            _finish(first, RuntimeError("the ledger writer stopped before this row was written"))
+            raise
+        finally:
+            timer.cancel()
+            self._lingering = None
 
     def _take_pending(self, first: _Job) -> tuple[list[_Job], bool]:
         """`first` and whatever else is queued now, up to a batch; False once the stop is seen."""
@@ -226,6 +263,8 @@ class GroupWriter:
     async def _write(self, batch: list[_Job]) -> None:
         opens = [job.params for job in batch if job.kind == "open"]
         settles = [job.params for job in batch if job.kind == "settle"]
+        if not opens and not settles:
+            return  # flushes only
         for attempt in (1, 2):
             try:
                 if self._connection is None:
@@ -274,6 +313,11 @@ def _data_error(job: _Job, exc: Exception) -> Exception:
         error.__cause__ = exc
         return error
     return exc
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _finish(job: _Job, error: BaseException | None) -> None:

@@ -154,10 +154,23 @@ async def _enable_wal(engine: AsyncEngine) -> None:
 class SQLStore:
     """`Store` over a SQL database; call `start()` before use and `aclose()` at the end."""
 
-    def __init__(self, url: str, *, max_batch: int = 2000, backlog_max: int = 0) -> None:
-        """Prepare (without connecting) a store for a SQLAlchemy-style `url`."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_batch: int = 2000,
+        backlog_max: int = 0,
+        settle_linger_s: float = 0.005,
+    ) -> None:
+        """Prepare (without connecting) a store for a SQLAlchemy-style `url`; `settle_linger_s`:
+        see `GroupWriter`."""
         self._engine = _create_engine(async_url(url))
-        self._writer = GroupWriter(self._engine, max_batch=max_batch, backlog_max=backlog_max)
+        self._writer = GroupWriter(
+            self._engine,
+            max_batch=max_batch,
+            backlog_max=backlog_max,
+            settle_linger_s=settle_linger_s,
+        )
         self._closed = False
 
     @property
@@ -327,7 +340,9 @@ class SQLStore:
             await self._engine.dispose()
 
     async def _rows(self, query: Select[Any]) -> Sequence[Row[Any]]:
-        """Run a read; once more on a fresh connection if the server had dropped the pooled one."""
+        """Run a read, after the rows queued so far; once more on a fresh connection if the
+        server had dropped the pooled one."""
+        await self._writer.flush()
         for attempt in (1, 2):
             try:
                 async with self._engine.connect() as connection:
