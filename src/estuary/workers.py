@@ -60,6 +60,7 @@ def _uvicorn_config(app: Any, settings: Config) -> uvicorn.Config:
         http="httptools",
         log_config=None,
         access_log=False,
+        server_header=False,  # nothing to gain from naming the server to every client
         timeout_graceful_shutdown=math.ceil(settings.server.shutdown_drain_s) + _SHUTDOWN_MARGIN_S,
         backlog=_BACKLOG,
     )

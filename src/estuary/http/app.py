@@ -4,6 +4,7 @@ from explicit services."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from starlette.applications import Starlette
@@ -13,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from estuary.core.errors import EstuaryError, MethodNotAllowed, NotFound
 from estuary.http.admin import AdminHandlers, Reload
@@ -29,20 +30,75 @@ __all__ = ["Services", "create_app"]
 _log: Final = logging.getLogger("estuary.http")
 
 
-class _ServerSend:
-    """The outermost layer: keeps the server's own `send` in the scope for streamed bodies.
+Endpoint = Callable[[Request], Awaitable[ASGIApp]]
 
-    Framework middleware wraps `send` to watch the response start; body chunks need none of
-    that, and on the token path each wrapper is a coroutine call per chunk.
+
+class _Entry:
+    """The outermost layer, in front of Starlette.
+
+    - It keeps the server's own `send` in the scope for streamed bodies: framework middleware
+      wraps `send` to watch the response start, and on the token path each wrapper is a
+      coroutine call per chunk.
+    - It serves the streaming endpoints itself (`fast`), without Starlette's middleware and
+      router: on the path of every new stream those are half a dozen coroutine layers and send
+      wrappers that these endpoints do not use. Errors are turned into responses exactly as the
+      app's exception handlers do. A CORS request (an `Origin` header while CORS is configured)
+      takes the full stack.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, fast: dict[tuple[str, str], Endpoint], cors: bool) -> None:
         self._app = app
+        self._fast = fast
+        self._cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope[SERVER_SEND] = send
+            endpoint = self._fast.get((scope["method"], scope["path"]))
+            if endpoint is not None and not (self._cors and _has_origin(scope)):
+                await _serve(endpoint, scope, receive, send)
+                return
         await self._app(scope, receive, send)
+
+
+def _has_origin(scope: Scope) -> bool:
+    return any(name == b"origin" for name, _ in scope["headers"])
+
+
+class _Watched:
+    """`send`, noting whether the response has started (for an error after the handler)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+async def _serve(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    """One request to a fast endpoint (see `_Entry`)."""
+    request = Request(scope, receive, send)
+    try:
+        response: ASGIApp = await endpoint(request)
+    except EstuaryError as exc:
+        response = _json_error(exc)
+    except Exception as exc:
+        response = await _unexpected_error(request, exc)
+    watched = _Watched(send)
+    try:
+        await response(scope, receive, watched)
+    except Exception as exc:  # the responses handle their own errors; this is a bug
+        if watched.started:
+            raise
+        if isinstance(exc, EstuaryError):
+            await _json_error(exc)(scope, receive, send)
+        else:
+            await (await _unexpected_error(request, exc))(scope, receive, send)
 
 
 def create_app(
@@ -64,6 +120,13 @@ def create_app(
         reload=reload,
     )
     ops = OpsHandlers(services.gateway, services.drain)
+    fast: dict[tuple[str, str], Endpoint] = {
+        ("POST", "/v1/chat/completions"): handlers.chat_completions,
+        ("POST", "/v1/completions"): handlers.completions,
+        ("POST", "/v1/messages"): handlers.anthropic_messages,
+        ("POST", "/api/chat/stream"): handlers.app_stream_post,
+        ("GET", "/api/chat/stream"): handlers.app_stream_get,
+    }
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
@@ -125,7 +188,7 @@ def create_app(
             Exception: _unexpected_error,
         },
     )
-    return _ServerSend(app)
+    return _Entry(app, fast, cors=bool(services.cors_origins))
 
 
 def _json_error(error: EstuaryError) -> Response:

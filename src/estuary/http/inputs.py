@@ -53,7 +53,9 @@ async def authenticate(request: Request, authenticator: Authenticator) -> Princi
 
 def refuse_url_credentials(request: Request) -> None:
     """URLs end up in logs and browser history: a key there is an error, not a credential."""
-    if any(name in request.query_params for name in _URL_CREDENTIALS):
+    if request.scope["query_string"] and any(
+        name in request.query_params for name in _URL_CREDENTIALS
+    ):
         raise AuthenticationFailed(
             "a gateway key is never accepted in a URL; get a stream ticket from POST /api/tickets"
         )
