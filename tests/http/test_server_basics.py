@@ -7,7 +7,7 @@ from collections.abc import Callable
 import aiohttp
 
 from estuary.config import default_config
-from tests.support import RunningGateway, read_app_stream, serve_in_thread
+from tests.support import AUTH, RunningGateway, read_app_stream, serve_in_thread
 
 
 async def test_health_endpoints_answer_without_credentials(
@@ -35,6 +35,13 @@ async def test_cors_allows_only_listed_origins(
     async with http.options(url, headers={**preflight, "Origin": "https://evil.example"}) as bad:
         assert bad.status == 400
         assert "Access-Control-Allow-Origin" not in bad.headers
+    # The stream itself, from that page: CORS headers on the streamed response too.
+    headers = {**AUTH, "Origin": "http://localhost:5173"}
+    async with http.post(url, json={"message": "hi"}, headers=headers) as response:
+        got = await read_app_stream(response)
+    assert got.status == 200
+    assert got.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert "x-request-id" in got.headers["Access-Control-Expose-Headers"].lower()
 
 
 async def test_demo_setup_streams_anonymously(http: aiohttp.ClientSession) -> None:
