@@ -167,7 +167,8 @@ async def test_a_settle_waits_for_the_next_open_and_shares_its_commit(
         event.remove(store.engine.sync_engine, "commit", count)
         assert commits == 1
         ended = await store.get("req_ended")
-        assert ended is not None and ended.settled is not None
+        assert ended is not None
+        assert ended.settled is not None
         assert ended.settled.status == "completed"
     finally:
         await store.aclose()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -205,10 +206,11 @@ async def _measure(
     cpu_before = cpu_seconds(pid) if pid else 0.0
     own_before = _own_cpu()
     started = time.monotonic()
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(sample())
-        results: list[StreamResult] = await drive()
-        sampler_stop.set()
+    with _no_gc():
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(sample())
+            results: list[StreamResult] = await drive()
+            sampler_stop.set()
     wall = time.monotonic() - started
     await asyncio.sleep(1.0)  # let the upstream notice closed connections
     async with upstream.get(f"http://{HOST}:{UPSTREAM_PORT}/_fake/requests") as answer:
@@ -229,6 +231,18 @@ async def _measure(
         tokens=sum(r.tokens for r in results),
         upstream=_upstream_view(results, records) if scenario == "cancel" else {},
     )
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic GC in the load generator while it measures (as `timeit` does): a collection
+    pauses every client of the scenario at once, which shows up as the target's latency."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _upstream_view(

@@ -52,13 +52,20 @@ class _Entry:
         self._cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[SERVER_SEND] = send
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        try:
             endpoint = self._fast.get((scope["method"], scope["path"]))
             if endpoint is not None and not (self._cors and _has_origin(scope)):
                 await _serve(endpoint, scope, receive, send)
-                return
-        await self._app(scope, receive, send)
+            else:
+                await self._app(scope, receive, send)
+        finally:
+            # `send` is the server's bound method and the server holds the scope: a reference
+            # cycle, left for the cyclic GC to find, unless it is broken here.
+            del scope[SERVER_SEND]
 
 
 def _has_origin(scope: Scope) -> bool:

@@ -73,7 +73,7 @@ class UpstreamResponse(asyncio.Protocol):
 
     def _start_response(self) -> None:
         """The per-response state: fresh for each request on this connection."""
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._chunks.clear()
         self._buffered = 0
         self._exception: BaseException | None = None
@@ -91,8 +91,11 @@ class UpstreamResponse(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.total_bytes += len(data)
+        parser = self._parser
+        if parser is None:
+            return  # the connection is gone
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.set_exception(UpstreamClosed(f"malformed HTTP from the upstream ({exc})"))
 
@@ -101,6 +104,7 @@ class UpstreamResponse(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._parser = None  # it holds our bound methods: a reference cycle, broken here
         if not self.complete:
             self.set_exception(UpstreamClosed("the upstream closed the connection"))
 
@@ -110,8 +114,10 @@ class UpstreamResponse(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self._keep_alive = self._parser.should_keep_alive()  # only valid until the body starts
+        parser = self._parser
+        assert parser is not None  # called from its own `feed_data`
+        self.status = parser.get_status_code()
+        self._keep_alive = parser.should_keep_alive()  # only valid until the body starts
         self.headers_done = True
         encoding = self.headers.get("content-encoding", "identity").lower()
         if (wbits := _DECODERS.get(encoding)) is not None:
