@@ -174,6 +174,38 @@ async def test_a_settle_waits_for_the_next_open_and_shares_its_commit(
         await store.aclose()
 
 
+async def test_under_load_commits_keep_their_interval_and_an_idle_writer_commits_at_once(
+    sql_database: Database,
+) -> None:
+    """The first row after a quiet spell is committed at once; rows that follow within the
+    commit interval (here: as long as it takes) wait and share the next commit."""
+    store = SQLStore(sql_database.url, settle_linger_s=0, commit_interval_s=3600)
+    await store.start(INSTANCE)
+    commits = 0
+
+    def count(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(store.engine.sync_engine, "commit", count)
+    try:
+        async with asyncio.timeout(10):
+            await store.open(opened("req_first"))  # idle: at once
+            assert commits == 1
+            waiting = [asyncio.create_task(store.open(opened(f"req_{n}"))) for n in range(3)]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not any(task.done() for task in waiting)
+            assert commits == 1
+            (total,) = await store.usage(UsageFilter())  # a read ends the wait
+            await asyncio.gather(*waiting)
+        assert total.requests == 4
+        assert commits == 2
+    finally:
+        event.remove(store.engine.sync_engine, "commit", count)
+        await store.aclose()
+
+
 async def test_a_read_sees_a_settle_that_is_still_waiting(sql_database: Database) -> None:
     """Reads flush the writer: a usage query right after a stream ended counts it."""
     store = SQLStore(sql_database.url, settle_linger_s=3600)

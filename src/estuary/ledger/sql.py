@@ -161,15 +161,17 @@ class SQLStore:
         max_batch: int = 2000,
         backlog_max: int = 0,
         settle_linger_s: float = 0.005,
+        commit_interval_s: float = 0.01,
     ) -> None:
-        """Prepare (without connecting) a store for a SQLAlchemy-style `url`; `settle_linger_s`:
-        see `GroupWriter`."""
+        """Prepare (without connecting) a store for a SQLAlchemy-style `url`; `settle_linger_s`
+        and `commit_interval_s`: see `GroupWriter`."""
         self._engine = _create_engine(async_url(url))
         self._writer = GroupWriter(
             self._engine,
             max_batch=max_batch,
             backlog_max=backlog_max,
             settle_linger_s=settle_linger_s,
+            commit_interval_s=commit_interval_s,
         )
         self._closed = False
 
