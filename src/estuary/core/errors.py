@@ -34,7 +34,7 @@ tried. Messages never contain secrets: upstream text is redacted before it is pu
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 __all__ = [
     "AuthenticationFailed",
@@ -61,6 +61,7 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "kept",
 ]
 
 
@@ -228,3 +229,19 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def kept(exc: _E) -> _E:
+    """`exc`, fit to be kept after its `except` block (a stream's failure, a failed attempt).
+
+    Its traceback's frames, and those of the exceptions chained to it, hold the objects that
+    keep it: a reference cycle per failed stream, which only the cyclic GC frees, pausing every
+    stream while it does. The message, status and code are all that is used later.
+    """
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc

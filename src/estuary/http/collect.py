@@ -15,7 +15,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from estuary.core.errors import EstuaryError
+from estuary.core.errors import EstuaryError, kept
 from estuary.core.events import ReasoningDelta, StreamEnd, TextDelta, ToolCall
 from estuary.core.requests import ChatRequest
 from estuary.core.usage import TokenCount
@@ -111,7 +111,7 @@ class CollectedResponse:
                         case _:
                             pass
         except EstuaryError as exc:
-            self._failure = exc
+            self._failure = kept(exc)
         except Exception:
             _log.exception("request %s failed", self._session.request_id)
             self._failure = EstuaryError("internal error while collecting the answer")

@@ -36,7 +36,7 @@ from typing import Final, Literal
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from estuary.core.errors import EstuaryError
+from estuary.core.errors import EstuaryError, kept
 from estuary.core.events import StreamEnd, StreamStart
 from estuary.core.policy import Principal
 from estuary.gateway.session import Outcome, StreamSession
@@ -192,7 +192,7 @@ class StreamResponse:
                     elif data := encode(event):
                         await self._write(data)
         except EstuaryError as exc:
-            self._failure = exc
+            self._failure = kept(exc)
         except Exception:
             _log.exception("stream %s failed", self._session.request_id)
             self._failure = EstuaryError("internal error while streaming")

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from estuary.auth.keys import Authenticator
 from estuary.auth.tickets import TicketIssuer
-from estuary.core.errors import EstuaryError, InvalidRequest
+from estuary.core.errors import EstuaryError, InvalidRequest, kept
 from estuary.core.events import StreamEnd, StreamEvent, StreamStart
 from estuary.core.policy import Principal
 from estuary.core.requests import parse_app_chat
@@ -338,7 +338,7 @@ class _Connection:
                     elif (frame := frames.event(event)) is not None:
                         await self._put(frame)
         except EstuaryError as exc:
-            state.failure = exc
+            state.failure = kept(exc)
         except Exception:
             _log.exception("websocket stream %s failed", session.request_id)
             state.failure = EstuaryError("internal error while streaming")

@@ -181,6 +181,8 @@ class UpstreamResponse(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
+        if self._exception is not None:  # raised from `read`: its frames hold this response
+            self._exception.__traceback__ = None
 
     @property
     def usable(self) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from estuary.core.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from estuary.core.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable, kept
 from estuary.core.events import (
     Failover,
     ReasoningDelta,
@@ -102,7 +102,7 @@ async def stream_with_fallback(
                     _failed(breaker, exc)  # the target died mid-stream
                     if answer is None or not answer.continuable(exc):
                         raise
-                    died = exc
+                    died = kept(exc)
                 else:
                     return
         finally:
@@ -234,7 +234,7 @@ async def _continue(
                     _failed(breaker, exc)
                     if not answer.continuable(exc):
                         raise
-                    died, dead = exc, target
+                    died, dead = kept(exc), target
                     continue
                 return
         finally:
@@ -269,7 +269,7 @@ async def _first_event(
     except StopAsyncIteration:
         return UpstreamProtocolError(target.provider.name, "empty stream")
     except UpstreamError as exc:
-        return exc
+        return kept(exc)
 
 
 def _failed(breaker: Breaker | None, error: UpstreamError) -> None:
